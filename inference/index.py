@@ -1,0 +1,234 @@
+"""The item index: item id -> unit vector, with exact Top-N by dot product.
+
+Rows live in one contiguous float32 matrix so scoring a user is a single matrix-vector
+product. Items can be added, replaced and removed while the worker runs; a removed
+item's row is masked at once and reused by the next new item.
+
+Exact scoring cost (MEASURED.md, 2 cores, 384-d, Top-100, one user): 0.24 ms at 10k
+items, 8 ms at 100k, 81 ms at 1M. So per-event exact scoring is comfortable up to a few
+hundred thousand items per worker on CPU. On a GPU the matrix is mirrored as float16 and
+scored with ``torch.topk`` (35 ms at 1M on CPU-class hardware, far less on a GPU). Past
+``exact_limit`` items, ``search`` switches to an inverted-file (IVF) search: items are
+bucketed by k-means centroids and only the ``nprobe`` nearest buckets are scored; the
+buckets are rebuilt when the catalogue has changed by more than ``rebuild_fraction``.
+
+Example::
+
+    index = ItemIndex(dim=3)
+    index.upsert_many(["a", "b"], [[1, 0, 0], [0, 1, 0]])
+    index.search([1, 0.1, 0], n=1)[0]   # [("a", 0.995...)]
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .vectors import as_unit, top_k
+
+
+class ItemIndex:
+    """Item id -> unit vector, exact (or IVF past ``exact_limit``) maximum inner product search."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        capacity: int = 1024,
+        device: str = "cpu",
+        exact_limit: int = 500_000,
+        nprobe: int = 16,
+    ) -> None:
+        self.dim = dim
+        self.device = device
+        self.exact_limit = exact_limit
+        self.nprobe = nprobe
+        self._vecs = np.zeros((capacity, dim), dtype=np.float32)
+        self._alive = np.zeros(capacity, dtype=bool)
+        self._ids: list[str | None] = [None] * capacity
+        self._row: dict[str, int] = {}
+        self._free: list[int] = []
+        self._top = 0  # rows [0, _top) have been used
+        self.version = 0  # bumped on every structural change (new id / removal)
+        self._lock = threading.RLock()
+        self._gpu = None  # torch fp16 mirror, built lazily on CUDA
+        self._gpu_version = -1
+        self._ivf = None  # (centroids, lists) once the catalogue passes exact_limit
+        self._ivf_pending: set[int] = set()  # rows written since the IVF was built: always scored
+        self._ivf_removed = 0
+
+    # -- catalogue changes -------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._row
+
+    def ids(self) -> list[str]:
+        """Live item ids in row order."""
+        return [i for i in self._ids[: self._top] if i is not None]
+
+    def row(self, item_id: str) -> int:
+        """The matrix row of a live item (``KeyError`` if unknown)."""
+        return self._row[item_id]
+
+    def id_at(self, row: int) -> str | None:
+        return self._ids[row]
+
+    def vector(self, item_id: str) -> np.ndarray:
+        """A copy of an item's unit vector (``KeyError`` if unknown)."""
+        return self._vecs[self._row[item_id]].copy()
+
+    def get(self, item_id: str) -> np.ndarray | None:
+        row = self._row.get(item_id)
+        return None if row is None else self._vecs[row].copy()
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The used rows (dead rows are zero); pair with :attr:`alive`."""
+        return self._vecs[: self._top]
+
+    @property
+    def alive(self) -> np.ndarray:
+        return self._alive[: self._top]
+
+    def upsert(self, item_id: str, vector: Sequence[float] | np.ndarray) -> None:
+        """Add an item, or replace its vector."""
+        self.upsert_many([item_id], np.asarray(vector, dtype=np.float32)[None, :])
+
+    def upsert_many(self, item_ids: Sequence[str], vectors: Sequence | np.ndarray) -> None:
+        """Add or replace several items at once (vectors are normalised here)."""
+        ids = [str(i) for i in item_ids]
+        vecs = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        if vecs.shape[1] != self.dim:
+            raise ValueError(f"vectors have {vecs.shape[1]} dims, the index holds {self.dim}")
+        vecs = as_unit(vecs, what=f"vector for item {ids[0]!r}" if len(ids) == 1 else "an item vector")
+        with self._lock:
+            for item_id, vec in zip(ids, vecs):
+                row = self._row.get(item_id)
+                if row is None:
+                    row = self._new_row()
+                    self._row[item_id] = row
+                    self._ids[row] = item_id
+                    self._alive[row] = True
+                    self.version += 1
+                self._vecs[row] = vec
+                self._ivf_pending.add(row)
+            self._gpu_version = -1
+
+    def remove(self, item_id: str) -> bool:
+        """Remove an item; returns False if it was not there."""
+        with self._lock:
+            row = self._row.pop(item_id, None)
+            if row is None:
+                return False
+            self._alive[row] = False
+            self._ids[row] = None
+            self._vecs[row] = 0.0
+            self._free.append(row)
+            self.version += 1
+            self._gpu_version = -1
+            self._ivf_removed += 1
+            return True
+
+    def _new_row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._top == len(self._ids):
+            grow = max(1024, len(self._ids))
+            self._vecs = np.concatenate([self._vecs, np.zeros((grow, self.dim), np.float32)])
+            self._alive = np.concatenate([self._alive, np.zeros(grow, bool)])
+            self._ids.extend([None] * grow)
+        self._top += 1
+        return self._top - 1
+
+    # -- scoring -----------------------------------------------------------------------
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """Dot products of one query (dim,) or a batch (b, dim) against every used row."""
+        q = np.asarray(query, dtype=np.float32)
+        return self.matrix @ q.T if q.ndim == 1 else q @ self.matrix.T
+
+    def mask_rows(self, exclude: Iterable[str] | None) -> np.ndarray:
+        """Rows to drop from a ranking: dead rows plus the excluded ids that are live."""
+        rows = [self._row[i] for i in (exclude or ()) if i in self._row]
+        return np.asarray(rows, dtype=np.int64)
+
+    def search(
+        self,
+        queries: Sequence[float] | np.ndarray,
+        n: int = 10,
+        *,
+        exclude: Iterable[str] | Sequence[Iterable[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Top-``n`` ``(item_id, score)`` per query, best first, skipping ``exclude``.
+
+        ``queries`` is one vector or a batch; for a batch, ``exclude`` may be one set for
+        all queries or one per query.
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        single = q.ndim == 1
+        q = q[None, :] if single else q
+        if exclude is None:
+            excludes: list[Iterable[str]] = [()] * len(q)
+        elif single or isinstance(exclude, (set, frozenset)) or (
+            isinstance(exclude, (list, tuple)) and all(isinstance(e, str) for e in exclude)
+        ):
+            excludes = [exclude] * len(q)  # type: ignore[list-item]
+        else:
+            excludes = list(exclude)  # type: ignore[arg-type]
+        with self._lock:
+            if len(self._row) > self.exact_limit:
+                return self._search_ivf(q, n, excludes)
+            if self.device == "cuda":
+                return self._search_torch(q, n, excludes)
+            scores = q @ self.matrix.T  # (b, rows)
+            scores[:, ~self.alive] = -np.inf
+            out = []
+            for b in range(len(q)):
+                row_scores = scores[b]
+                drop = self.mask_rows(excludes[b])
+                if drop.size:
+                    row_scores[drop] = -np.inf
+                best = top_k(row_scores, min(n, len(self._row)))
+                out.append([(self._ids[r], float(row_scores[r])) for r in best if np.isfinite(row_scores[r])])
+            return out
+
+    def _search_torch(self, q: np.ndarray, n: int, excludes) -> list[list[tuple[str, float]]]:
+        import torch
+
+        if self._gpu is None or self._gpu_version != self.version:
+            self._gpu = torch.from_numpy(self.matrix).to("cuda", dtype=torch.float16)
+            self._gpu_version = self.version
+        scores = torch.from_numpy(q).to("cuda", dtype=torch.float16) @ self._gpu.T
+        scores = scores.float()
+        dead = torch.from_numpy(~self.alive).to("cuda")
+        scores[:, dead] = float("-inf")
+        for b, ex in enumerate(excludes):
+            drop = self.mask_rows(ex)
+            if drop.size:
+                scores[b, torch.from_numpy(drop).to("cuda")] = float("-inf")
+        k = min(n, len(self._row))
+        vals, rows = torch.topk(scores, k, dim=1)
+        vals, rows = vals.cpu().numpy(), rows.cpu().numpy()
+        return [
+            [(self._ids[r], float(v)) for r, v in zip(rows[b], vals[b]) if np.isfinite(v)]
+            for b in range(len(q))
+        ]
+
+    # -- IVF past exact_limit ------------------------------------------------------------
+    def _search_ivf(self, q: np.ndarray, n: int, excludes) -> list[list[tuple[str, float]]]:
+        from .ivf import build_ivf, search_ivf
+
+        stale = len(self._ivf_pending) + self._ivf_removed
+        if self._ivf is None or stale > 0.05 * len(self._row):
+            self._ivf = build_ivf(self.matrix, self.alive)
+            self._ivf_pending.clear()
+            self._ivf_removed = 0
+        extra = np.fromiter(self._ivf_pending, dtype=np.int64, count=len(self._ivf_pending))
+        out = []
+        for b in range(len(q)):
+            drop = self.mask_rows(excludes[b])
+            rows, vals = search_ivf(self._ivf, self.matrix, self.alive, q[b], n, self.nprobe, extra, drop)
+            out.append([(self._ids[r], float(v)) for r, v in zip(rows, vals)])
+        return out

@@ -1,0 +1,187 @@
+"""A user's rolling vector and the update rule applied per event.
+
+The vector is a time-decayed sum of signed event vectors, kept in encoder space so that
+it stays valid when a new model version swaps in (trained adapters apply at scoring
+time, see :mod:`inference.ranking`). Decay uses *event* time, never wall-clock time, so
+replaying a stream offline gives exactly the state the workers built online.
+
+Example::
+
+    cfg = UpdateConfig(half_life_s=86400)
+    state = UserState.empty(dim=3)
+    apply_event(state, item_id="a", event_id="e1", kind="click", event_time=0.0,
+                item_vec=np.array([1, 0, 0], np.float32), config=cfg)
+    state.count  # 1
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STATE_FORMAT = 1
+_MAGIC = b"SU"
+_HEAD = struct.Struct("<2sBHIdd")  # magic, format, dim, count, last_time, weight
+
+
+@dataclass
+class UpdateConfig:
+    """How one event moves a user's vector."""
+
+    half_life_s: float = 30 * 86400.0  # an event one half-life old counts half
+    click_weight: float = 1.0
+    review_weight: float = 2.0  # a review says more than a click
+    text_mix: float = 0.5  # share of the review-text vector (the rest is the item's vector)
+    rating_neutral: float = 3.0  # a 3-star review neither pulls nor pushes
+    rating_span: float = 2.0  # (rating - neutral) / span, clipped to [-1, 1], signs the event
+    recent_items: int = 50  # kept to exclude from lists
+    recent_events: int = 200  # kept to drop duplicate event ids
+
+    def sign(self, rating: float | None) -> float:
+        """+1 for no rating; otherwise the rating mapped to [-1, 1] around neutral."""
+        if rating is None:
+            return 1.0
+        return float(np.clip((rating - self.rating_neutral) / self.rating_span, -1.0, 1.0))
+
+
+@dataclass
+class UserState:
+    """Everything streamrec keeps per user; serialises to compact bytes for a Faust table."""
+
+    vector: np.ndarray
+    last_time: float = 0.0
+    count: int = 0
+    weight: float = 0.0  # decayed total |weight|: how much evidence the vector carries
+    recent_items: list[str] = field(default_factory=list)
+    recent_events: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, dim: int) -> UserState:
+        return cls(vector=np.zeros(dim, dtype=np.float32))
+
+    @property
+    def dim(self) -> int:
+        return int(self.vector.shape[0])
+
+    def unit(self) -> np.ndarray | None:
+        """The direction used for scoring, or None while the user has no signal (cold start)."""
+        norm = float(np.linalg.norm(self.vector))
+        if not math.isfinite(norm) or norm < 1e-9:
+            return None
+        return (self.vector / norm).astype(np.float32)
+
+    def has_seen(self, event_id: str | None) -> bool:
+        return event_id is not None and event_id in self.recent_events
+
+    # -- bytes ---------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Header, float32 vector, then length-prefixed UTF-8 ids (no JSON floats)."""
+        parts = [
+            _HEAD.pack(_MAGIC, STATE_FORMAT, self.dim, self.count, self.last_time, self.weight),
+            np.ascontiguousarray(self.vector, dtype="<f4").tobytes(),
+        ]
+        for ids in (self.recent_items, self.recent_events):
+            parts.append(struct.pack("<H", len(ids)))
+            for s in ids:
+                raw = s.encode("utf-8")
+                parts.append(struct.pack("<H", len(raw)))
+                parts.append(raw)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UserState:
+        """Inverse of :meth:`to_bytes`; ``ValueError`` on bytes that are not a user state."""
+        if len(data) < _HEAD.size:
+            raise ValueError("user state is truncated")
+        magic, fmt, dim, count, last_time, weight = _HEAD.unpack_from(data, 0)
+        if magic != _MAGIC:
+            raise ValueError("bytes are not a streamrec user state")
+        if fmt != STATE_FORMAT:
+            raise ValueError(f"user state format {fmt} is not supported (this build reads {STATE_FORMAT})")
+        pos = _HEAD.size
+        vector = np.frombuffer(data, dtype="<f4", count=dim, offset=pos).astype(np.float32)
+        pos += 4 * dim
+        lists: list[list[str]] = []
+        for _ in range(2):
+            (n,) = struct.unpack_from("<H", data, pos)
+            pos += 2
+            ids = []
+            for _ in range(n):
+                (k,) = struct.unpack_from("<H", data, pos)
+                pos += 2
+                ids.append(data[pos : pos + k].decode("utf-8"))
+                pos += k
+            lists.append(ids)
+        return cls(vector, last_time, count, weight, lists[0], lists[1])
+
+
+def event_vector(
+    kind: str,
+    item_vec: np.ndarray | None,
+    text_vec: np.ndarray | None,
+    rating: float | None,
+    config: UpdateConfig,
+) -> tuple[np.ndarray | None, float]:
+    """The signed direction one event adds, and its weight (before time decay).
+
+    A click adds the item's vector. A review mixes the review-text vector with the item's
+    and is signed by its rating, so a 1-star review pushes the user away from that item.
+    """
+    parts = []
+    if text_vec is not None and np.any(text_vec):
+        parts.append((config.text_mix if item_vec is not None else 1.0, text_vec))
+    if item_vec is not None:
+        parts.append((1.0 - config.text_mix if parts else 1.0, item_vec))
+    if not parts:
+        return None, 0.0
+    vec = sum(w * np.asarray(v, dtype=np.float32) for w, v in parts)
+    if not np.all(np.isfinite(vec)):
+        raise ValueError("event vector contains NaN or infinite values; the encoder output is corrupt")
+    base = config.review_weight if kind == "review" else config.click_weight
+    return vec.astype(np.float32), base * config.sign(rating)
+
+
+def apply_event(
+    state: UserState,
+    *,
+    item_id: str,
+    event_id: str | None,
+    kind: str,
+    event_time: float,
+    item_vec: np.ndarray | None,
+    text_vec: np.ndarray | None = None,
+    rating: float | None = None,
+    config: UpdateConfig,
+) -> UserState:
+    """Fold one event into ``state`` (in place) and return it.
+
+    Decay is ``2 ** (-dt / half_life)`` in event time. An event older than the state's
+    last event (out of order) is decayed itself instead of the state, so the result does
+    not depend on arrival order beyond float rounding.
+    """
+    vec, weight = event_vector(kind, item_vec, text_vec, rating, config)
+    if vec is not None and weight != 0.0:
+        dt = event_time - state.last_time
+        if state.count == 0 or dt >= 0:
+            decay = 0.5 ** (dt / config.half_life_s) if state.count else 0.0
+            state.vector = (state.vector * decay + weight * vec).astype(np.float32)
+            state.weight = state.weight * decay + abs(weight)
+        else:
+            late = 0.5 ** (-dt / config.half_life_s)
+            state.vector = (state.vector + late * weight * vec).astype(np.float32)
+            state.weight += late * abs(weight)
+    state.last_time = max(state.last_time, event_time) if state.count else event_time
+    state.count += 1
+    _remember(state.recent_items, item_id, config.recent_items)
+    if event_id is not None:
+        _remember(state.recent_events, event_id, config.recent_events)
+    return state
+
+
+def _remember(window: list[str], value: str, size: int) -> None:
+    if value in window:
+        window.remove(value)
+    window.append(value)
+    del window[: max(0, len(window) - size)]

@@ -1,0 +1,38 @@
+"""Small vector helpers shared by the encoder, the index, user state and ranking."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_unit(vectors: np.ndarray, *, what: str = "vector") -> np.ndarray:
+    """Return float32 copies of ``vectors`` (1-D or 2-D) scaled to unit L2 norm.
+
+    Raises ``ValueError`` for NaN/inf entries or all-zero rows: those cannot be ranked,
+    and letting them in silently would poison every score they touch.
+    """
+    arr = np.asarray(vectors, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} contains NaN or infinite values; re-encode the text or drop the item")
+    norms = np.linalg.norm(arr, axis=-1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError(f"{what} is all zeros and has no direction; give the item some text")
+    return (arr / norms).astype(np.float32, copy=False)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    x = np.asarray(x, dtype=np.float32)
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32, copy=False)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of a 1-D array, best first (ties: lower index first)."""
+    n = scores.shape[0]
+    if k <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    if k < n:
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(n)
+    order = np.lexsort((part, -scores[part]))
+    return part[order]

@@ -1,0 +1,344 @@
+"""The Faust worker: events in, refreshed Top-N out, bad input to the dead-letter topic.
+
+One agent reads the three co-partitioned event topics (clicks, reviews, and the internal
+re-keyed topic) in chunks: every review text of a chunk is encoded in one batched call
+(off the event loop), then the events are applied one by one, in partition order, to the
+user table and published. The user table is changelog-backed (RocksDB where rocksdict
+installs), so a restarted or re-assigned worker resumes each user where it was.
+
+Use :func:`build_worker` and run it with ``streamrec worker`` (see ``streams.cli``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faust
+from faust import streams as _faust_streams
+
+from inference.batcher import MicroBatcher
+from inference.encoder import Encoder
+from inference.events import DUPLICATE, UNKNOWN_ITEM, Event, InvalidEvent, parse_event
+from inference.events import derive_event_id
+from inference.index import ItemIndex
+from inference.recommender import Recommender, RecommenderConfig
+from inference.user import UserState
+
+from . import transport as _transport  # registers the "streamrec://" transport
+from .catalog import CatalogueFollower
+from .metrics import Metrics
+from .records import dead_letter_record, dumps, recommendation_record
+from .settings import KafkaConfig, default_model_dir, default_state_dir
+from .topics import Topics
+
+log = logging.getLogger("streamrec.worker")
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker needs; the CLI fills it from flags and ``STREAMREC_*`` variables."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: Topics = field(default_factory=Topics)
+    app_id: str = "streamrec"
+    partitions: int = 6
+    model_dir: Path = field(default_factory=default_model_dir)
+    variant: str = "auto"
+    device: str = "auto"
+    max_tokens: int | None = None
+    encoder_threads: int | None = None
+    state_dir: Path = field(default_factory=default_state_dir)
+    store: str = "auto"  # auto | rocksdb | memory
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
+    unknown_items: str = "dead-letter"  # dead-letter | accept (text-only signal, item remembered as seen)
+    min_interval_ms: float = 0.0  # per-user: publish at most one list per interval (0: after every event)
+    explain: bool = False  # include score parts in output records
+    # Batching and Kafka timing (see README "Timeouts"):
+    chunk_size: int = 64
+    chunk_wait_s: float = 0.005
+    batch_max: int = 32
+    batch_wait_ms: float = 5.0
+    batch_queue: int = 1024
+    session_timeout_s: float = 10.0
+    heartbeat_s: float = 3.0
+    fetch_wait_ms: int = 10
+    commit_interval_s: float = 1.0
+    loglevel: str = "info"
+
+
+def store_url(kind: str) -> str:
+    """``rocksdb://`` when rocksdict imports (and was asked for or ``auto``), else ``memory://``."""
+    if kind == "memory":
+        return "memory://"
+    try:
+        import rocksdict  # noqa: F401
+    except ImportError:
+        if kind == "rocksdb":
+            raise RuntimeError("--store rocksdb needs the rocksdict package: pip install rocksdict") from None
+        log.warning("rocksdict is not installed: user state lives in memory and is rebuilt from the changelog "
+                    "on restart")
+        return "memory://"
+    return "rocksdb://"
+
+
+class StreamrecWorker:
+    """The parts of a running worker: encoder, index, recommender, metrics and the Faust app."""
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.encoder = Encoder(cfg.model_dir, variant=cfg.variant, device=cfg.device,
+                               max_tokens=cfg.max_tokens, batch_size=cfg.batch_max, threads=cfg.encoder_threads)
+        self.batcher = MicroBatcher(self.encoder.encode, max_batch=cfg.batch_max, max_wait_ms=cfg.batch_wait_ms,
+                                    max_queue=cfg.batch_queue,
+                                    on_batch=lambda n, _s: self.metrics.batch_size.observe(n))
+        self.index = ItemIndex(self.encoder.dim, device="cuda" if self.encoder.info.provider.startswith("CUDA")
+                               else "cpu")
+        self.recommender = Recommender(self.index, config=cfg.recommender)
+        info = self.encoder.info
+        self.model_version = f"{info.model_name}:{info.variant}:v0"
+        self.metrics.set_model(self.model_version, info.variant, info.provider)
+        self.catalogue = CatalogueFollower(self.index, self._encode_many, on_reject=self._reject_item,
+                                           on_applied=self._on_catalogue)
+        self._pending: OrderedDict[str, dict] = OrderedDict()  # coalesced lists waiting for their slot
+        self._last_publish: OrderedDict[str, float] = OrderedDict()
+        self.app = self._build_app()
+
+    # -- Faust app ---------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        cfg = self.cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        app = faust.App(
+            cfg.app_id,
+            broker=[f"{_transport.SCHEME}://{s}" for s in cfg.kafka.servers],
+            broker_credentials=cfg.kafka.faust_credentials(),
+            store=store_url(cfg.store),
+            datadir=str(cfg.state_dir / cfg.app_id),
+            topic_partitions=cfg.partitions,
+            topic_allow_declare=True,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=cfg.session_timeout_s,
+            broker_heartbeat_interval=cfg.heartbeat_s,
+            broker_commit_interval=cfg.commit_interval_s,
+            web_host=cfg.web_host,
+            web_port=cfg.web_port,
+            web_enabled=True,
+            producer_linger=0.0,
+            stream_wait_empty=False,
+        )
+        app.streamrec_fetch_wait_ms = cfg.fetch_wait_ms
+        t = cfg.topics
+        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.events_topic = app.topic(*t.event_topics(), partitions=cfg.partitions, **raw)
+        self.rekeyed_topic = app.topic(t.rekeyed, partitions=cfg.partitions, **raw)
+        self.recs_topic = app.topic(t.recommendations, partitions=cfg.partitions, **raw)
+        self.dlq_topic = app.topic(t.dead_letters, **raw)
+        # value_type=bytes makes Faust store and ship the value raw (UserState.to_bytes)
+        self.users = app.Table("users", default=None, key_type=str, value_type=bytes, partitions=cfg.partitions,
+                               help="user state (inference.user.UserState bytes)")
+
+        @app.agent(self.events_topic, name="process-events")
+        async def process(stream):
+            await self.catalogue.ready.wait()
+            async for chunk in stream.take_events(cfg.chunk_size, within=cfg.chunk_wait_s):
+                await self.process_chunk(stream, chunk)
+
+        @app.task
+        async def follow_catalogue():
+            from aiokafka import AIOKafkaConsumer
+
+            def factory():
+                return AIOKafkaConsumer(client_id=f"{cfg.app_id}-catalogue", enable_auto_commit=False,
+                                        fetch_max_wait_ms=cfg.fetch_wait_ms, **cfg.kafka.aiokafka())
+            await self.catalogue.run(factory, t.items)
+
+        if cfg.min_interval_ms > 0:
+            @app.timer(interval=max(cfg.min_interval_ms / 2000.0, 0.01))
+            async def flush_coalesced():
+                await self._flush_pending(force=False)
+
+        @app.page("/metrics")
+        async def metrics_view(web, request):
+            self.metrics.catalogue.set(len(self.index))
+            return web.bytes(self.metrics.render(), content_type="text/plain; version=0.0.4")
+
+        @app.page("/health")
+        async def health_view(web, request):
+            ready = self.catalogue.ready.is_set()
+            return web.json({"ready": ready, "items": len(self.index), "model_version": self.model_version},
+                            status=200 if ready else 503)
+
+        @app.on_before_shutdown.connect
+        async def _drain(app_, **kwargs):
+            await self._flush_pending(force=True)
+
+        self._process_agent = process
+        return app
+
+    # -- processing ----------------------------------------------------------------------
+    async def _encode_many(self, texts: list[str]):
+        return await self.batcher.encode_many(texts)
+
+    def _on_catalogue(self, op: str, n: int) -> None:
+        self.metrics.catalogue_updates.labels(op=op).inc(n)
+        self.metrics.catalogue.set(len(self.index))
+
+    async def process_chunk(self, stream, chunk) -> None:
+        """Validate, encode (one batched call), then apply each event in order."""
+        parsed: list[tuple[object, Event | None]] = []
+        t = self.cfg.topics
+        now = time.time()
+        for ev in chunk:
+            msg = ev.message
+            kind = "click" if msg.topic == t.clicks else "review" if msg.topic == t.reviews else None
+            try:
+                event = parse_event(msg.value if msg.value is not None else b"", kind, key=msg.key, now=now)
+            except InvalidEvent as exc:
+                await self._dead_letter(exc.reason, exc.detail, msg, exc.field)
+                parsed.append((ev, None))
+                continue
+            if msg.key is None:  # unkeyed: re-publish keyed by user so the owner of that user sees it
+                await self.rekeyed_topic.send(key=event.user_id.encode(), value=msg.value)
+                self.metrics.rekeyed.inc()
+                parsed.append((ev, None))
+                continue
+            if event.event_id is None:
+                event = _with_event_id(event)
+            parsed.append((ev, event))
+        texts = [e.text for _, e in parsed if e is not None and e.text]
+        vectors = iter(await self.batcher.encode_many(texts)) if texts else iter(())
+        for ev, event in parsed:
+            if event is None:
+                continue
+            text_vec = next(vectors) if event.text else None
+            with _as_current(ev):
+                await self.apply_event(ev.message, event, text_vec)
+
+    async def apply_event(self, msg, event: Event, text_vec) -> None:
+        """Duplicate check, unknown-item policy, state update, publish."""
+        raw = self.users.get(event.user_id)
+        state = UserState.from_bytes(raw) if raw is not None else self.recommender.new_state()
+        if state.has_seen(event.event_id):
+            self.metrics.duplicates.inc()
+            return
+        if event.item_id not in self.index and self.cfg.unknown_items == "dead-letter":
+            await self._dead_letter(UNKNOWN_ITEM, f"item {event.item_id!r} is not in the catalogue: publish it to "
+                                    f"{self.cfg.topics.items} before events about it, or run the worker with "
+                                    "--unknown-items accept", msg, "item_id")
+            return
+        self.recommender.observe(state, event, text_vec)
+        rec = self.recommender.recommend(state)
+        record = recommendation_record(event, rec, model_version=self.model_version, source=_source(msg),
+                                       received_ts=msg.timestamp, explain=self.cfg.explain)
+        # Publish before the state write: a crash between the two re-processes the event
+        # and publishes again (at-least-once) instead of losing the list.
+        await self._publish(event.user_id, record)
+        self.users[event.user_id] = state.to_bytes()
+        self.metrics.events.labels(type=event.kind).inc()
+
+    async def _publish(self, user_id: str, record: dict) -> None:
+        interval = self.cfg.min_interval_ms / 1000.0
+        now = time.time()
+        if interval > 0:
+            last = self._last_publish.get(user_id)
+            if last is not None and now - last < interval:
+                # Hold the list back; a still-waiting older list for this user is superseded
+                # (its event counts as coalesced) and this record says how many it folds in.
+                previous = self._pending.pop(user_id, None)
+                if previous is not None:
+                    self.metrics.coalesced.inc()
+                    record["coalesced"] = previous.get("coalesced", 0) + 1
+                self._pending[user_id] = record
+                return
+            self._last_publish[user_id] = now
+            self._last_publish.move_to_end(user_id)
+            while len(self._last_publish) > 100_000:
+                self._last_publish.popitem(last=False)
+        await self._send_record(user_id, record)
+
+    async def _send_record(self, user_id: str, record: dict) -> None:
+        await self.recs_topic.send(key=user_id.encode(), value=dumps(record))
+        self.metrics.published.inc()
+        self.metrics.latency.observe(max(record["latency_ms"], 0.0) / 1000.0)
+
+    async def _flush_pending(self, force: bool) -> None:
+        interval = self.cfg.min_interval_ms / 1000.0
+        now = time.time()
+        for user_id in list(self._pending):
+            if force or now - self._last_publish.get(user_id, 0.0) >= interval:
+                record = self._pending.pop(user_id)
+                record["latency_ms"] = round((now - record["published_at"]) * 1000.0 + record["latency_ms"], 3)
+                record["published_at"] = round(now, 6)
+                self._last_publish[user_id] = now
+                await self._send_record(user_id, record)
+
+    async def _dead_letter(self, reason: str, detail: str, msg, field: str | None = None) -> None:
+        record = dead_letter_record(reason, detail, source=_source(msg), key=msg.key, value=msg.value, field=field)
+        await self.dlq_topic.send(key=msg.key, value=dumps(record))
+        self.metrics.dead_letters.labels(reason=reason).inc()
+        log.warning("dead letter %s at %s[%d]@%d: %s", reason, msg.topic, msg.partition, msg.offset, detail)
+
+    async def _reject_item(self, exc: InvalidEvent, msg) -> None:
+        await self._dead_letter(exc.reason, exc.detail, _AioMsg(msg), exc.field)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+
+class _AioMsg:
+    """An aiokafka record seen through the attribute names Faust messages use."""
+
+    def __init__(self, m) -> None:
+        self.topic, self.partition, self.offset = m.topic, m.partition, m.offset
+        self.timestamp = m.timestamp / 1000.0 if m.timestamp else None
+        self.key, self.value = m.key, m.value
+
+
+def _source(msg) -> dict:
+    return {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+            "timestamp": round(msg.timestamp, 6) if msg.timestamp else None}
+
+
+def _with_event_id(event: Event) -> Event:
+    from dataclasses import replace
+
+    return replace(event, event_id=derive_event_id(event.user_id, event.item_id, event.event_time, event.text))
+
+
+class _as_current:
+    """Make ``event`` Faust's current event while its table write happens.
+
+    Faust routes a table write to the changelog partition of the *current* event; after
+    ``take_events`` that would be the chunk's last event for every write, so we set it
+    per event (the same context variable Faust's own stream loop sets).
+    """
+
+    def __init__(self, event) -> None:
+        self.event = event
+
+    def __enter__(self):
+        self.token = _faust_streams._current_event.set(weakref.ref(self.event))
+
+    def __exit__(self, *exc):
+        _faust_streams._current_event.reset(self.token)
+
+
+def build_worker(cfg: WorkerConfig) -> StreamrecWorker:
+    return StreamrecWorker(cfg)
+
+
+def run_worker(cfg: WorkerConfig) -> None:
+    """Run until SIGINT/SIGTERM (blocking): what ``streamrec worker`` does."""
+    from faust.worker import Worker
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    w = build_worker(cfg)
+    Worker(w.app, loglevel=cfg.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -1,0 +1,349 @@
+"""Baseline recommenders for ``streamrec evaluate``, behind one small interface.
+
+Every system under evaluation (these baselines and the streamrec adapter in
+:mod:`training.evaluate`) ranks a fixed *universe* of item ids (the catalogue of the replayed
+events) and exposes:
+
+* ``observe(event)``: fold one event in (after it has been scored: test-then-train);
+* ``scores(user_id) -> np.ndarray``: one float per universe item, ``-inf`` for items the
+  system cannot rank yet (e.g. never seen); higher is better;
+* ``excluded(user_id) -> np.ndarray``: universe indices left out of that user's list (the
+  items the user has already interacted with);
+* ``recommend(user_id, n, exclude=True) -> list[item_id]``: the Top-``n`` built from the two;
+* ``retrain(events_so_far)``: called by the runner every ``retrain_every`` events when the
+  system has ``needs_retraining = True`` (ALS); a no-op for incremental systems.
+
+Ties are broken by lower universe index (:func:`inference.vectors.top_k`), the same rule the
+streamrec ranker uses; the evaluator shuffles the universe once (fixed seed) so that this rule
+carries no information about the data.
+
+Example::
+
+    pop = PopularityBaseline(["a", "b", "c"], half_life_s=86400)
+    pop.observe(Event("u1", "b", "click", 0.0))
+    pop.recommend("u2", 2)          # ["b"]: "a" and "c" were never seen, so cannot be ranked
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from inference.events import Event
+from inference.vectors import top_k
+
+log = logging.getLogger("streamrec.baselines")
+
+__all__ = [
+    "System",
+    "PopularityBaseline",
+    "CooccurrenceKNN",
+    "ALSBaseline",
+    "DecayedCounts",
+]
+
+
+class System:
+    """Shared plumbing: universe index, per-user seen items, ``recommend`` from ``scores``."""
+
+    name = "system"
+    needs_retraining = False
+
+    def __init__(self, item_ids: Sequence[str]) -> None:
+        self.item_ids = list(item_ids)
+        self.pos: dict[str, int] = {i: k for k, i in enumerate(self.item_ids)}
+        if len(self.pos) != len(self.item_ids):
+            raise ValueError("item ids in the universe must be unique")
+        self.n_items = len(self.item_ids)
+        self.seen: dict[str, dict[int, None]] = {}  # user -> items in first-seen order (an ordered set)
+
+    # -- the interface --------------------------------------------------------------------
+    def observe(self, event: Event) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def scores(self, user_id: str) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def excluded(self, user_id: str) -> np.ndarray:
+        seen = self.seen.get(user_id)
+        if not seen:
+            return np.empty(0, dtype=np.int64)
+        return np.fromiter(seen, dtype=np.int64, count=len(seen))
+
+    def retrain(self, events_so_far: Sequence[Event]) -> None:
+        """Refit from every event so far (only systems with ``needs_retraining``)."""
+
+    def recommend(self, user_id: str, n: int = 10, exclude: bool = True) -> list[str]:
+        s = np.array(self.scores(user_id), dtype=np.float32, copy=True)
+        if exclude:
+            drop = self.excluded(user_id)
+            if drop.size:
+                s[drop] = -np.inf
+        best = top_k(s, min(n, self.n_items))
+        return [self.item_ids[r] for r in best if np.isfinite(s[r])]
+
+    def config(self) -> dict:
+        """Hyper-parameters, for the result JSON."""
+        return {}
+
+    # -- helpers --------------------------------------------------------------------------
+    def _remember(self, user_id: str, item: int) -> None:
+        seen = self.seen.setdefault(user_id, {})
+        seen.pop(item, None)
+        seen[item] = None
+
+
+class DecayedCounts:
+    """Interaction counts per universe item, each weighted ``2 ** ((t - now) / half_life)``.
+
+    Stored relative to a reference time and rebased before overflow (like
+    :class:`inference.ranking.Popularity`), so an update is O(1). Items never seen are ``-inf``
+    in :meth:`scores`: popularity knows nothing about them.
+    """
+
+    def __init__(self, n_items: int, half_life_s: float) -> None:
+        if half_life_s <= 0:
+            raise ValueError("half_life_s must be positive")
+        self.half_life_s = float(half_life_s)
+        self.values = np.zeros(n_items, dtype=np.float64)
+        self.known = np.zeros(n_items, dtype=bool)
+        self._ref: float | None = None
+
+    def add(self, item: int, t: float, weight: float = 1.0) -> None:
+        if self._ref is None:
+            self._ref = t
+        exponent = (t - self._ref) / self.half_life_s
+        if exponent > 500:  # rebase: 2**500 is still far from float64 overflow
+            self.values *= 0.5 ** exponent
+            self._ref, exponent = t, 0.0
+        self.values[item] += weight * 2.0 ** exponent
+        self.known[item] = True
+
+    def scores(self) -> np.ndarray:
+        out = np.full(self.values.shape, -np.inf, dtype=np.float32)
+        if self.known.any():
+            top = self.values.max()
+            out[self.known] = (self.values[self.known] / top).astype(np.float32)
+        return out
+
+
+class PopularityBaseline(System):
+    """Recency-weighted popularity: the same list for everyone, seen items removed.
+
+    Every interaction counts 1, decayed with ``half_life_s`` in event time; the default half-life
+    is the streamrec worker's popularity half-life (14 days).
+    """
+
+    name = "popularity"
+
+    def __init__(self, item_ids: Sequence[str], half_life_s: float = 14 * 86400.0) -> None:
+        super().__init__(item_ids)
+        self.counts = DecayedCounts(self.n_items, half_life_s)
+
+    def observe(self, event: Event) -> None:
+        item = self.pos.get(event.item_id)
+        if item is None:
+            return
+        self.counts.add(item, event.event_time)
+        self._remember(event.user_id, item)
+
+    def scores(self, user_id: str) -> np.ndarray:
+        return self.counts.scores()
+
+    def config(self) -> dict:
+        return {"half_life_days": self.counts.half_life_s / 86400.0}
+
+
+class CooccurrenceKNN(System):
+    """Incremental item-to-item kNN on co-occurrence counts.
+
+    When a user interacts with item ``j``, ``C[i, j]`` and ``C[j, i]`` grow by one for each of
+    the user's previous ``window`` distinct items ``i``. Similarity is cosine on those counts,
+    ``C[i, j] / sqrt(n_i * n_j)`` (``n`` = interactions per item). A user's scores are the
+    similarity to their last ``history`` items, the most recent weighted 1, the one before
+    ``decay``, and so on; items with no co-occurrence fall back to (tiny-weighted) popularity so
+    the list is never empty and ties are broken by what is popular now.
+
+    Counts live in a dense ``float32`` matrix: ``max_items`` (default 16,000, about 1 GB) bounds
+    it; past that the evaluator leaves this baseline out and says so.
+    """
+
+    name = "cooccurrence-knn"
+
+    def __init__(self, item_ids: Sequence[str], *, window: int = 50, history: int = 20, decay: float = 0.9,
+                 popularity_half_life_s: float = 14 * 86400.0, max_items: int = 16_000) -> None:
+        super().__init__(item_ids)
+        if self.n_items > max_items:
+            raise MemoryError(f"cooccurrence-knn keeps a dense {self.n_items:,} x {self.n_items:,} matrix; "
+                              f"that is over max_items={max_items:,}")
+        self.window = window
+        self.history = history
+        self.decay = decay
+        self.C = np.zeros((self.n_items, self.n_items), dtype=np.float32)
+        self.n = np.zeros(self.n_items, dtype=np.float32)
+        self.pop = DecayedCounts(self.n_items, popularity_half_life_s)
+        self.recent: dict[str, list[int]] = {}  # user -> distinct items, most recent last
+        self._weights = decay ** np.arange(history, dtype=np.float32)[::-1]  # oldest .. newest
+
+    def observe(self, event: Event) -> None:
+        j = self.pos.get(event.item_id)
+        if j is None:
+            return
+        recent = self.recent.setdefault(event.user_id, [])
+        if j in recent:
+            recent.remove(j)
+        prev = recent[-self.window:]
+        if prev:
+            idx = np.asarray(prev, dtype=np.int64)
+            self.C[idx, j] += 1.0
+            self.C[j, idx] += 1.0
+        self.n[j] += 1.0
+        recent.append(j)
+        del recent[: max(0, len(recent) - self.window)]
+        self.pop.add(j, event.event_time)
+        self._remember(event.user_id, j)
+
+    def similarity_to(self, items: Sequence[int]) -> np.ndarray:
+        """Cosine similarity of every item to each of ``items``: shape (len(items), n_items)."""
+        idx = np.asarray(items, dtype=np.int64)
+        norm = np.sqrt(np.maximum(self.n, 1.0))
+        return self.C[idx] / (norm[idx, None] * norm[None, :])
+
+    def scores(self, user_id: str) -> np.ndarray:
+        pop = self.pop.scores()
+        recent = self.recent.get(user_id)
+        if not recent:
+            return pop
+        last = recent[-self.history:]
+        w = self._weights[-len(last):]
+        sim = w @ self.similarity_to(last)
+        # popularity only orders items the neighbourhood says nothing about (it is < 1e-3 of one
+        # co-occurrence); unknown items stay -inf
+        return (sim + 1e-4 * pop).astype(np.float32)
+
+    def config(self) -> dict:
+        return {"window": self.window, "history": self.history, "decay": self.decay,
+                "similarity": "cosine on co-occurrence counts", "fallback": "recency-weighted popularity",
+                "popularity_half_life_days": self.pop.half_life_s / 86400.0}
+
+
+class ALSBaseline(System):
+    """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) from the ``implicit`` library.
+
+    Refitted from scratch on every event so far each time the runner calls :meth:`retrain`
+    (every ``--retrain-every`` events). Between fits, a user's factor is recomputed from their
+    *current* interactions with the fitted item factors (the exact least-squares fold-in that
+    ``implicit``'s ``recalculate_user`` does), so new users and new interactions count at once.
+    Items first seen after the last fit cannot be ranked (``-inf``). Before the first fit, and
+    for users with no interaction on a fitted item, it ranks by recency-weighted popularity.
+
+    Confidence is ``alpha * (number of interactions)``, as in ``implicit``.
+    """
+
+    name = "als"
+    needs_retraining = True
+
+    def __init__(self, item_ids: Sequence[str], *, factors: int = 32, regularization: float = 1.0,
+                 alpha: float = 10.0, iterations: int = 15, seed: int = 0, threads: int = 0,
+                 popularity_half_life_s: float = 14 * 86400.0) -> None:
+        super().__init__(item_ids)
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.seed = seed
+        self.threads = threads
+        self.pop = DecayedCounts(self.n_items, popularity_half_life_s)
+        self.counts: dict[str, dict[int, float]] = {}  # user -> item -> interactions
+        self.item_factors: np.ndarray | None = None
+        self.fitted_items: np.ndarray | None = None  # bool per universe item: had data at the last fit
+        self._YtY: np.ndarray | None = None
+        self.fits = 0
+        self.fit_seconds = 0.0
+
+    def observe(self, event: Event) -> None:
+        item = self.pos.get(event.item_id)
+        if item is None:
+            return
+        row = self.counts.setdefault(event.user_id, {})
+        row[item] = row.get(item, 0.0) + 1.0
+        self.pop.add(item, event.event_time)
+        self._remember(event.user_id, item)
+
+    def retrain(self, events_so_far: Sequence[Event]) -> None:
+        import time
+
+        import scipy.sparse as sp
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        t0 = time.perf_counter()
+        users: dict[str, int] = {}
+        rows, cols = [], []
+        for ev in events_so_far:
+            item = self.pos.get(ev.item_id)
+            if item is None:
+                continue
+            rows.append(users.setdefault(ev.user_id, len(users)))
+            cols.append(item)
+        if not rows:
+            return
+        m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                          shape=(len(users), self.n_items))
+        m.sum_duplicates()
+        with _single_blas_thread():
+            model = AlternatingLeastSquares(factors=self.factors, regularization=self.regularization,
+                                            alpha=self.alpha, iterations=self.iterations,
+                                            random_state=self.seed, num_threads=self.threads)
+            model.fit(m, show_progress=False)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        self.fitted_items = np.asarray(m.getnnz(axis=0) > 0)
+        Y = self.item_factors.astype(np.float64)
+        self._YtY = Y.T @ Y
+        self.fits += 1
+        self.fit_seconds += time.perf_counter() - t0
+
+    def user_factor(self, user_id: str) -> np.ndarray | None:
+        """The least-squares user factor for the user's current items (None: nothing to go on)."""
+        if self.item_factors is None:
+            return None
+        row = self.counts.get(user_id)
+        if not row:
+            return None
+        items = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
+        conf = self.alpha * np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        keep = self.fitted_items[items]
+        if not keep.any():
+            return None
+        items, conf = items[keep], conf[keep]
+        Yu = self.item_factors[items].astype(np.float64)
+        A = self._YtY + self.regularization * np.eye(self.factors)
+        A += Yu.T @ ((conf - 1.0)[:, None] * Yu)
+        b = Yu.T @ conf
+        return np.linalg.solve(A, b).astype(np.float32)
+
+    def scores(self, user_id: str) -> np.ndarray:
+        x = self.user_factor(user_id)
+        if x is None:
+            return self.pop.scores()
+        s = self.item_factors @ x
+        s[~self.fitted_items] = -np.inf
+        return s.astype(np.float32)
+
+    def config(self) -> dict:
+        return {"library": "implicit", "factors": self.factors, "regularization": self.regularization,
+                "alpha": self.alpha, "iterations": self.iterations, "seed": self.seed,
+                "fold_in": "least-squares user factor from current interactions",
+                "before_first_fit": "recency-weighted popularity"}
+
+
+def _single_blas_thread():
+    """implicit runs its own threads; a multi-threaded BLAS underneath only oversubscribes."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1, "blas")
+    except ImportError:  # threadpoolctl is optional
+        import contextlib
+
+        return contextlib.nullcontext()
