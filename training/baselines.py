@@ -258,7 +258,9 @@ class ALSBaseline(System):
         self.counts: dict[str, dict[int, float]] = {}  # user -> item -> interactions
         self.item_factors: np.ndarray | None = None
         self.fitted_items: np.ndarray | None = None  # bool per universe item: had data at the last fit
-        self._YtY: np.ndarray | None = None
+        self._Y64: np.ndarray | None = None
+        self._YtY: np.ndarray | None = None  # Y^T Y + reg * I
+        self._normal: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # user -> (sum (c-1) y y^T, sum c y)
         self.fits = 0
         self.fit_seconds = 0.0
 
@@ -267,9 +269,18 @@ class ALSBaseline(System):
         if item is None:
             return
         row = self.counts.setdefault(event.user_id, {})
-        row[item] = row.get(item, 0.0) + 1.0
+        before = row.get(item, 0.0)
+        row[item] = before + 1.0
         self.pop.add(item, event.event_time)
         self._remember(event.user_id, item)
+        cached = self._normal.get(event.user_id)
+        if cached is not None and self.fitted_items[item]:
+            # keep the user's normal equations current: O(factors^2) instead of a full rebuild
+            A, b = cached
+            y = self._Y64[item]
+            dc = self.alpha  # confidence grows by alpha per interaction
+            A += (dc - 1.0 if before == 0.0 else dc) * np.outer(y, y)
+            b += dc * y
 
     def retrain(self, events_so_far: Sequence[Event]) -> None:
         import time
@@ -298,29 +309,38 @@ class ALSBaseline(System):
             model.fit(m, show_progress=False)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
         self.fitted_items = np.asarray(m.getnnz(axis=0) > 0)
-        Y = self.item_factors.astype(np.float64)
-        self._YtY = Y.T @ Y
+        self._Y64 = self.item_factors.astype(np.float64)
+        self._YtY = self._Y64.T @ self._Y64 + self.regularization * np.eye(self.item_factors.shape[1])
+        self._normal = {}
         self.fits += 1
         self.fit_seconds += time.perf_counter() - t0
 
     def user_factor(self, user_id: str) -> np.ndarray | None:
-        """The least-squares user factor for the user's current items (None: nothing to go on)."""
+        """The least-squares user factor for the user's current items (None: nothing to go on).
+
+        Solves ``(YtY + reg*I + sum_i (c_i - 1) y_i y_i^T) x = sum_i c_i y_i`` over the user's
+        items that had data at the last fit, ``c_i = alpha * interactions`` -- what ``implicit``'s
+        ``recalculate_user`` computes; the per-user sums are kept up to date between fits.
+        """
         if self.item_factors is None:
             return None
-        row = self.counts.get(user_id)
-        if not row:
+        cached = self._normal.get(user_id)
+        if cached is None:
+            row = self.counts.get(user_id)
+            if not row:
+                return None
+            items = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
+            conf = self.alpha * np.fromiter(row.values(), dtype=np.float64, count=len(row))
+            keep = self.fitted_items[items]
+            items, conf = items[keep], conf[keep]
+            Yu = self._Y64[items]
+            A = Yu.T @ ((conf - 1.0)[:, None] * Yu)
+            b = Yu.T @ conf
+            cached = self._normal[user_id] = (A, b)
+        A, b = cached
+        if not b.any():
             return None
-        items = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
-        conf = self.alpha * np.fromiter(row.values(), dtype=np.float64, count=len(row))
-        keep = self.fitted_items[items]
-        if not keep.any():
-            return None
-        items, conf = items[keep], conf[keep]
-        Yu = self.item_factors[items].astype(np.float64)
-        A = self._YtY + self.regularization * np.eye(self.factors)
-        A += Yu.T @ ((conf - 1.0)[:, None] * Yu)
-        b = Yu.T @ conf
-        return np.linalg.solve(A, b).astype(np.float32)
+        return np.linalg.solve(self._YtY + A, b).astype(np.float32)
 
     def scores(self, user_id: str) -> np.ndarray:
         x = self.user_factor(user_id)
