@@ -78,6 +78,7 @@ KEY_MISMATCH = "key_mismatch"
 CONTEXT_TOO_LARGE = "context_too_large"
 UNKNOWN_ITEM = "unknown_item"
 DUPLICATE = "duplicate"
+PROCESSING_ERROR = "processing_error"
 
 REASONS: dict[str, str] = {
     RECORD_TOO_LARGE: "the raw message is larger than Limits.max_record_bytes (256 KiB)",
@@ -94,6 +95,7 @@ REASONS: dict[str, str] = {
     CONTEXT_TOO_LARGE: "the context object serialises to more than Limits.max_context_bytes (4 KiB)",
     UNKNOWN_ITEM: "the event's item is not in the catalogue (raised by the worker)",
     DUPLICATE: "an event with this event_id was already processed (raised by the worker)",
+    PROCESSING_ERROR: "a valid event failed inside the worker (a bug or a corrupt state): the detail has the error",
 }
 
 

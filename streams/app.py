@@ -24,7 +24,7 @@ from faust import streams as _faust_streams
 
 from inference.batcher import MicroBatcher
 from inference.encoder import Encoder
-from inference.events import DUPLICATE, UNKNOWN_ITEM, Event, InvalidEvent, parse_event
+from inference.events import PROCESSING_ERROR, UNKNOWN_ITEM, Event, InvalidEvent, parse_event
 from inference.events import derive_event_id
 from inference.index import ItemIndex
 from inference.recommender import Recommender, RecommenderConfig
@@ -214,13 +214,21 @@ class StreamrecWorker:
                 event = _with_event_id(event)
             parsed.append((ev, event))
         texts = [e.text for _, e in parsed if e is not None and e.text]
-        vectors = iter(await self.batcher.encode_many(texts)) if texts else iter(())
+        # one batched encoder call for the chunk; a text that fails is that event's error alone
+        vectors = iter(await asyncio.gather(*(self.batcher.encode(t) for t in texts), return_exceptions=True))
         for ev, event in parsed:
             if event is None:
                 continue
             text_vec = next(vectors) if event.text else None
             with _as_current(ev):
-                await self.apply_event(ev.message, event, text_vec)
+                try:
+                    if isinstance(text_vec, BaseException):
+                        raise text_vec
+                    await self.apply_event(ev.message, event, text_vec)
+                except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
+                    log.exception("event %s of user %s failed", event.event_id, event.user_id)
+                    await self._dead_letter(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}; the worker carried on. "
+                                            "Report this with the source offset.", ev.message)
 
     async def apply_event(self, msg, event: Event, text_vec) -> None:
         """Duplicate check, unknown-item policy, state update, publish."""

@@ -138,3 +138,48 @@ def test_metrics_endpoint_has_the_documented_series(worker):
                  "streamrec_recommendations_total", "streamrec_catalogue_items"]:
         assert name in names, name
     assert worker.metric("streamrec_catalogue_items") > 800
+
+
+def test_replay_and_tail_commands_on_users_own_files(worker, mi_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    items = sorted(mi_dataset.items)[300:303]
+    data = tmp_path / "my-events.jsonl"
+    data.write_text("\n".join(json.dumps({"user_id": "gina", "item_id": i, "event_time": T0 + k, "rating": 5,
+                                          "text": "lovely tone, great for practice"})
+                              for k, i in enumerate(items)) + "\n")
+    common = ["--broker", worker.kafka.bootstrap, "--prefix", worker.topics.prefix]
+    replay = subprocess.run([sys.executable, "-m", "streams.cli", "replay", "--dataset", str(data), "--no-catalogue",
+                             *common], capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 3 events" in replay.stdout
+    tail = subprocess.run([sys.executable, "-m", "streams.cli", "tail", "--from-beginning", "--user", "gina",
+                           "--max", "3", "--timeout", "60", *common], capture_output=True, text=True, timeout=120)
+    assert tail.returncode == 0, tail.stderr
+    lines = [ln for ln in tail.stdout.splitlines() if ln.startswith("gina:")]
+    assert len(lines) == 3 and all("after review of" in ln for ln in lines)
+
+
+def test_broker_command_starts_answers_and_stops_on_ctrl_c():
+    import signal
+    import subprocess
+    import sys
+
+    from streams.broker import free_port, wait_until_answers
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "broker", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_answers(f"127.0.0.1:{port}", timeout_s=30)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        assert f"127.0.0.1:{port}" in proc.stdout.read()
+        import socket
+
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0  # the broker process is gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
