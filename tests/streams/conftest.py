@@ -62,6 +62,7 @@ def start_worker(kafka: KafkaConfig, topics: Topics, model_dir: Path, tmp: Path,
                  app_id: str | None = None, web_port: int | None = None) -> RunningWorker:
     """Start ``streamrec worker`` as a separate process and wait until its catalogue is loaded."""
     web_port = web_port or free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / f"worker-{web_port}.log"
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", kafka.bootstrap, "--prefix", topics.prefix,
            "--app-id", app_id or f"test-{uuid.uuid4().hex[:8]}", "--model", str(model_dir),
