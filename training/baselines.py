@@ -106,26 +106,33 @@ class DecayedCounts:
         if half_life_s <= 0:
             raise ValueError("half_life_s must be positive")
         self.half_life_s = float(half_life_s)
-        self.values = np.zeros(n_items, dtype=np.float64)
-        self.known = np.zeros(n_items, dtype=bool)
+        self.values = np.full(n_items, -np.inf, dtype=np.float64)  # -inf: never seen
         self._ref: float | None = None
+        self._top = 0.0
+
+    @property
+    def known(self) -> np.ndarray:
+        return np.isfinite(self.values)
 
     def add(self, item: int, t: float, weight: float = 1.0) -> None:
         if self._ref is None:
             self._ref = t
         exponent = (t - self._ref) / self.half_life_s
         if exponent > 500:  # rebase: 2**500 is still far from float64 overflow
-            self.values *= 0.5 ** exponent
+            shift = 0.5 ** exponent
+            self.values *= shift
+            self._top *= shift
             self._ref, exponent = t, 0.0
-        self.values[item] += weight * 2.0 ** exponent
-        self.known[item] = True
+        v = self.values[item]
+        v = (0.0 if v == -np.inf else v) + weight * 2.0 ** exponent
+        self.values[item] = v
+        self._top = max(self._top, v)
 
     def scores(self) -> np.ndarray:
-        out = np.full(self.values.shape, -np.inf, dtype=np.float32)
-        if self.known.any():
-            top = self.values.max()
-            out[self.known] = (self.values[self.known] / top).astype(np.float32)
-        return out
+        """Counts scaled to (0, 1] (1 = the most popular item now), ``-inf`` for unseen items."""
+        if self._top <= 0:
+            return self.values.astype(np.float32)
+        return (self.values * (1.0 / self._top)).astype(np.float32)
 
 
 class PopularityBaseline(System):
@@ -204,11 +211,14 @@ class CooccurrenceKNN(System):
         self.pop.add(j, event.event_time)
         self._remember(event.user_id, j)
 
-    def similarity_to(self, items: Sequence[int]) -> np.ndarray:
-        """Cosine similarity of every item to each of ``items``: shape (len(items), n_items)."""
+    def similarity_to(self, items: Sequence[int], weights: np.ndarray | None = None) -> np.ndarray:
+        """Cosine similarity of every item to ``items``: shape (len(items), n_items), or the
+        ``weights``-weighted sum over ``items`` (shape (n_items,)) when weights are given."""
         idx = np.asarray(items, dtype=np.int64)
         norm = np.sqrt(np.maximum(self.n, 1.0))
-        return self.C[idx] / (norm[idx, None] * norm[None, :])
+        if weights is None:
+            return self.C[idx] / (norm[idx, None] * norm[None, :])
+        return (np.asarray(weights, dtype=np.float32) / norm[idx]) @ self.C[idx] / norm
 
     def scores(self, user_id: str) -> np.ndarray:
         pop = self.pop.scores()
@@ -216,11 +226,12 @@ class CooccurrenceKNN(System):
         if not recent:
             return pop
         last = recent[-self.history:]
-        w = self._weights[-len(last):]
-        sim = w @ self.similarity_to(last)
+        sim = self.similarity_to(last, self._weights[-len(last):])
         # popularity only orders items the neighbourhood says nothing about (it is < 1e-3 of one
         # co-occurrence); unknown items stay -inf
-        return (sim + 1e-4 * pop).astype(np.float32)
+        pop *= 1e-4
+        pop += sim
+        return pop
 
     def config(self) -> dict:
         return {"window": self.window, "history": self.history, "decay": self.decay,
@@ -309,6 +320,7 @@ class ALSBaseline(System):
             model.fit(m, show_progress=False)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
         self.fitted_items = np.asarray(m.getnnz(axis=0) > 0)
+        self._unfitted = np.flatnonzero(~self.fitted_items)
         self._Y64 = self.item_factors.astype(np.float64)
         self._YtY = self._Y64.T @ self._Y64 + self.regularization * np.eye(self.item_factors.shape[1])
         self._normal = {}
@@ -347,8 +359,8 @@ class ALSBaseline(System):
         if x is None:
             return self.pop.scores()
         s = self.item_factors @ x
-        s[~self.fitted_items] = -np.inf
-        return s.astype(np.float32)
+        s[self._unfitted] = -np.inf
+        return s
 
     def config(self) -> dict:
         return {"library": "implicit", "factors": self.factors, "regularization": self.regularization,

@@ -77,9 +77,8 @@ import numpy as np
 from inference.datasets import Dataset, DatasetNotFound, dataset_names, load_dataset, read_catalogue
 from inference.events import Event
 from inference.index import ItemIndex
-from inference.ranking import LinearHead, Weights
+from inference.ranking import LinearHead
 from inference.recommender import Recommender, RecommenderConfig
-from inference.user import UpdateConfig
 from inference.vectors import top_k
 
 from .baselines import ALSBaseline, CooccurrenceKNN, PopularityBaseline, System
@@ -116,7 +115,7 @@ __all__ = [
 SYSTEMS: tuple[str, ...] = ("streamrec", "streamrec-untrained", "popularity", "cooccurrence-knn", "als")
 DEFAULT_MODEL_DIR = "~/.cache/streamrec/models/all-MiniLM-L6-v2"
 DEFAULT_OUT = "bench/results"
-DEFAULT_CACHE = "~/.cache/streamrec/eval"
+DEFAULT_CACHE = "~/.cache/streamrec/eval"  # $STREAMREC_EVAL_CACHE overrides it
 
 #: ``retrain(recommender, events_so_far) -> None``: refit whatever the training code fits
 #: (e.g. set ``recommender.ranker.head`` and ``recommender.config.weights.head``). Called every
@@ -290,11 +289,19 @@ def plan_item_text(ds: Dataset, items: Sequence[str], mode: str = "auto") -> Ite
 # ============================================================================================
 
 
-def encode_cached(encoder, texts: Sequence[str], cache_dir: str | Path | None = DEFAULT_CACHE, *,
-                  progress: bool = False, desc: str = "encoding", chunk: int = 256) -> np.ndarray:
+def default_cache_dir() -> str:
+    return os.environ.get("STREAMREC_EVAL_CACHE") or DEFAULT_CACHE
+
+
+def encode_cached(encoder, texts: Sequence[str], cache_dir: str | Path | None = "default", *,
+                  progress: bool = False, desc: str = "encoding", chunk: int = 256,
+                  stats: dict | None = None) -> np.ndarray:
     """``encoder.encode(texts)`` in length-sorted chunks, cached as ``.npy`` keyed by a hash of the
-    model (manifest, variant, max tokens) and the texts, so re-runs skip the encoder."""
+    model (manifest, variant, max tokens) and the texts, so re-runs skip the encoder.
+    ``cache_dir`` "default" is ``$STREAMREC_EVAL_CACHE`` or ``~/.cache/streamrec/eval``; None: no cache."""
     texts = list(texts)
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
     dim = int(encoder.dim)
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
@@ -312,6 +319,8 @@ def encode_cached(encoder, texts: Sequence[str], cache_dir: str | Path | None = 
             try:
                 arr = np.load(path)
                 if arr.shape == (len(texts), dim):
+                    if stats is not None:
+                        stats["cached"] = stats.get("cached", 0) + len(texts)
                     return arr
             except (OSError, ValueError):
                 pass
@@ -323,6 +332,8 @@ def encode_cached(encoder, texts: Sequence[str], cache_dir: str | Path | None = 
         out[idx] = encoder.encode([texts[i] for i in idx])
         bar.update(len(idx))
     bar.close()
+    if stats is not None:
+        stats["encoded"] = stats.get("encoded", 0) + len(texts)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -392,6 +403,8 @@ class StreamrecSystem(System):
             if ids:
                 self.index.upsert_many(ids, np.stack([item_vectors[i] for i in ids]))
                 self._map_rows(ids)
+        self._identity = len(self.index) == self.n_items and all(
+            self._u_of_row[r] == r for r in range(self.n_items))
 
     def _map_rows(self, ids: Iterable[str]) -> None:
         for i in ids:
@@ -431,6 +444,8 @@ class StreamrecSystem(System):
         state = self.states.get(user_id)
         user = state.unit() if state is not None else None
         total, _ = self.rec.ranker.score_all(user)
+        if self._identity and len(total) == self.n_items:
+            return total  # every item indexed up front, in universe order: row == position
         out = np.full(self.n_items, -np.inf, dtype=np.float32)
         rows = np.flatnonzero(self.index.alive)
         out[self._u_of_row[rows]] = total[rows]
@@ -649,7 +664,7 @@ def replay(events: Sequence[Event], item_ids: Sequence[str], systems: dict[str, 
                 retrain_points.append(len(so_far))
             for name in refit:
                 t0 = time.perf_counter()
-                systems[name].retrain(so_far)
+                systems[name].retrain(list(so_far))  # a snapshot: hooks may keep it
                 secs[name] += time.perf_counter() - t0
         bar.update(1)
         if progress and len(scored) and len(scored) % 500 == 0 and names:
@@ -777,7 +792,7 @@ def _load_hook(spec: str | None) -> RetrainHook | None:
 
 def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = None, encoder=None,
              cfg: EvalConfig | None = None, retrain_hook: RetrainHook | None = None,
-             cache_dir: str | Path | None = DEFAULT_CACHE, progress: bool = False,
+             cache_dir: str | Path | None = "default", progress: bool = False,
              keep: dict | None = None) -> dict:
     """Run both protocols and return the result dict (see the module docstring for its keys).
 
@@ -815,14 +830,17 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
         model_info = asdict(info) if info is not None else {"dim": encoder.dim}
         t0 = time.perf_counter()
         cat_ids = [i for i in item_ids if i in plan.catalogue]
+        enc_stats: dict[str, int] = {}
         vecs = encode_cached(encoder, [plan.catalogue[i] for i in cat_ids], cache_dir, progress=progress,
-                             desc="encoding items")
+                             desc="encoding items", stats=enc_stats)
         item_vecs = {i: v for i, v in zip(cat_ids, vecs) if np.any(v)}
         with_text = [ev for ev in events if ev.text]
         rvecs = encode_cached(encoder, [ev.text for ev in with_text], cache_dir, progress=progress,
-                              desc="encoding reviews")
+                              desc="encoding reviews", stats=enc_stats)
         text_vecs = {ev.event_id: v for ev, v in zip(with_text, rvecs) if ev.event_id is not None}
         timing["encode"] = round(time.perf_counter() - t0, 2)
+        timing["texts_encoded"] = enc_stats.get("encoded", 0)
+        timing["texts_from_cache"] = enc_stats.get("cached", 0)
     dim = int(encoder.dim) if encoder is not None else None
 
     # -- streaming ----------------------------------------------------------------------------
@@ -988,8 +1006,13 @@ def to_markdown(res: dict) -> str:
                  f"text, {src['items_from_review_history']} from review text seen so far.")
     if src.get("leakage"):
         lines.append(f"- **Leakage**: {src['leakage']}")
-    lines.append(f"- ALS refits every {p['retrain_every']} events on all events so far "
-                 f"({len(p['retrain_points'])} refits); between refits users are folded in from their current items.")
+    als = p["systems"].get("als", {})
+    if als.get("fits") == 0:
+        lines.append(f"- **ALS was never fitted** (fewer than --retrain-every={p['retrain_every']} events): "
+                     "its figures are the popularity fallback's.")
+    elif "fits" in als:
+        lines.append(f"- ALS refits every {p['retrain_every']} events on all events so far ({als['fits']} refits, "
+                     f"{als.get('fit_seconds')} s); between refits users are folded in from their current items.")
     cfgs = {n: i["config"] for n, i in p["systems"].items() if "config" in i and not n.startswith("streamrec")}
     if cfgs:
         lines.append("- Baselines: " + "; ".join(
@@ -1004,8 +1027,11 @@ def to_markdown(res: dict) -> str:
     if seen:
         lines.append(f"- Top-{k} lists holding an item the user had already interacted with: {seen}.")
     t = p["timing_s"]
-    lines.append(f"- Time: {t.get('total')} s in all (load {t.get('load')} s, encode {t.get('encode', 0)} s, "
-                 f"stream {t.get('stream')} s, offline {t.get('offline', 0)} s) on {os.cpu_count()} cores.")
+    cached = f", {t['texts_from_cache']:,} of them from the cache" if t.get("texts_from_cache") else ""
+    lines.append(f"- Time: {t.get('total')} s in all (load {t.get('load')} s, encode {t.get('encode', 0)} s for "
+                 f"{t.get('texts_encoded', 0) + t.get('texts_from_cache', 0):,} texts{cached}, "
+                 f"stream {t.get('stream')} s, offline {t.get('offline', 0)} s) on {os.cpu_count()} cores "
+                 f"(a shared machine: timings are indicative).")
     return "\n".join(lines) + "\n"
 
 
@@ -1075,7 +1101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-offline", action="store_true", help="skip the leave-last-out protocol")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached encodings")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="encoding cache (default: %(default)s)")
+    p.add_argument("--cache-dir", default="default",
+                   help=f"encoding cache (default: $STREAMREC_EVAL_CACHE or {DEFAULT_CACHE})")
     p.add_argument("--seed", type=int, default=0, help="seed for the item order used to break ties")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("streamrec tuning (defaults: the worker's RecommenderConfig)")

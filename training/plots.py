@@ -49,9 +49,14 @@ def plot_stream(run, path: str | Path, *, title: str = "", random_hr: float | No
     for ax in (ax1, ax2):
         if random_hr is not None:
             ax.axhline(random_hr, color="black", lw=0.8, ls=":", label="random" if ax is ax1 else None)
-        for i, pt in enumerate(run.retrain_points):
-            ax.axvline(pt, color="#1f77b4", lw=0.5, alpha=0.35, ls="--",
-                       label="refit (ALS / retrain hook)" if (i == 0 and ax is ax1) else None)
+        pts = run.retrain_points
+        label = f"refit (ALS / retrain hook), {len(pts)}x" if ax is ax1 and pts else None
+        if len(pts) <= 30:
+            for i, pt in enumerate(pts):
+                ax.axvline(pt, color="#1f77b4", lw=0.6, alpha=0.4, ls="--", label=label if i == 0 else None)
+        else:  # many refits: short ticks along the top edge instead of a curtain of lines
+            ax.vlines(pts, 0.95, 1.0, transform=ax.get_xaxis_transform(), color="#1f77b4", lw=0.8, alpha=0.7,
+                      label=label)
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
     ax1.set_ylabel(f"cumulative HR@{k}")

@@ -321,7 +321,7 @@ def test_streamrec_adapter_is_the_worker_step(magazine_run):
     for e in events:  # how many of this user's events come before it
         prior.append(counts.get(e.user_id, 0))
         counts[e.user_id] = prior[-1] + 1
-    firsts = []
+    firsts, ties = [], []
 
     def on_score(step, event, systems):
         s: StreamrecSystem = systems["streamrec-untrained"]
@@ -333,10 +333,21 @@ def test_streamrec_adapter_is_the_worker_step(magazine_run):
             firsts.append(step)
         scores = s.scores(event.user_id)
         scores[s.excluded(event.user_id)] = -np.inf
-        assert [items[r] for r in top_k(scores, 10)] == s.recommend_worker(event.user_id, 10)
+        mine = [items[r] for r in top_k(scores, 10)]
+        worker = s.recommend_worker(event.user_id, 10)
+        # the same scores in the same order; items may differ only by how exact ties are broken
+        # (the index's row order vs the universe order: e.g. all-zero popularity at the very start)
+        assert [scores[s.pos[i]] for i in mine] == [scores[s.pos[i]] for i in worker]
+        tenth = scores[s.pos[mine[-1]]]
+        if np.count_nonzero(scores == tenth) == 1:
+            assert mine == worker
+        else:
+            ties.append(step)
 
     run = replay(events, items, systems, on_score=on_score, k=10)
     assert len(firsts) > 50 and len(run.scored) > 250
+    # exact ties happen in cold-start lists (day-precision timestamps: equal popularity), not often
+    assert len(ties) < len(run.scored) // 4
 
 
 @needs_shared
@@ -356,3 +367,4 @@ def test_retrain_hook_is_called_on_schedule(encoder):
     assert res["protocol"]["systems"]["streamrec"]["retrains"] == 2
     assert res["protocol"]["systems"]["streamrec-untrained"]["config"]["recommender"]["weights"]["popularity"] == 0.1
     assert res["systems"]["streamrec"] != res["systems"]["streamrec-untrained"]
+
