@@ -36,7 +36,7 @@ class UpdateConfig:
     text_mix: float = 0.5  # share of the review-text vector (the rest is the item's vector)
     rating_neutral: float = 3.0  # a 3-star review neither pulls nor pushes
     rating_span: float = 2.0  # (rating - neutral) / span, clipped to [-1, 1], signs the event
-    recent_items: int = 50  # kept to exclude from lists
+    recent_items: int = 100  # kept to exclude from lists
     recent_events: int = 200  # kept to drop duplicate event ids
 
     def sign(self, rating: float | None) -> float:

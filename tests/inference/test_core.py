@@ -233,15 +233,15 @@ def test_review_is_signed_by_rating_and_mixes_text():
 
 def test_state_bytes_round_trip_and_reject_garbage():
     s = UserState.empty(384)
-    for i in range(60):
+    for i in range(130):
         _click(s, np.random.default_rng(i).standard_normal(384), float(i), UpdateConfig(), item=f"item-{i}",
                eid=f"evt-ü-{i}")
     raw = s.to_bytes()
     back = UserState.from_bytes(raw)
-    assert np.array_equal(back.vector, s.vector) and back.count == 60 and back.last_time == 59.0
-    assert back.recent_items == s.recent_items and len(back.recent_items) == 50
-    assert back.recent_events == s.recent_events and back.has_seen("evt-ü-59")
-    assert len(raw) < 384 * 4 + 2000  # compact: float32, not JSON
+    assert np.array_equal(back.vector, s.vector) and back.count == 130 and back.last_time == 129.0
+    assert back.recent_items == s.recent_items and len(back.recent_items) == UpdateConfig().recent_items
+    assert back.recent_events == s.recent_events and back.has_seen("evt-ü-129")
+    assert len(raw) < 384 * 4 + 100 * 12 + 130 * 14 + 64  # compact: float32, not JSON
     with pytest.raises(ValueError, match="not a streamrec user state"):
         UserState.from_bytes(b"\x00" * 64)
     bad_version = bytearray(raw)
