@@ -84,7 +84,7 @@ class EmbeddedBroker:
                                      start_new_session=True)
         try:
             wait_until_answers(self.bootstrap, timeout_s)
-        except TimeoutError:
+        except BaseException:  # timeout, or Ctrl-C while waiting: never leave an orphan broker
             self.stop()
             raise
         log.info("embedded Tansu broker answering on %s (pid %d)", self.bootstrap, self.proc.pid)

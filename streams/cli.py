@@ -90,9 +90,7 @@ def cmd_broker(args) -> int:
 
     from .broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(port=args.port).start()
-    print(f"embedded broker (Tansu, in-memory) on {broker.bootstrap}: Ctrl-C stops it and drops its topics",
-          flush=True)
+    broker = EmbeddedBroker(port=args.port)
     stop = False
 
     def _stop(*_):
@@ -101,6 +99,9 @@ def cmd_broker(args) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     try:
+        broker.start()
+        print(f"embedded broker (Tansu, in-memory) on {broker.bootstrap}: Ctrl-C stops it and drops its topics",
+              flush=True)
         while not stop and broker.proc.poll() is None:
             time.sleep(0.2)
     except KeyboardInterrupt:

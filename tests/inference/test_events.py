@@ -49,7 +49,7 @@ def test_reason_table_is_complete_and_stable():
     assert list(REASONS) == [
         "record_too_large", "invalid_utf8", "malformed_json", "not_an_object", "missing_field",
         "wrong_type", "text_too_large", "bad_timestamp", "timestamp_in_future", "rating_out_of_range",
-        "key_mismatch", "context_too_large", "unknown_item", "duplicate",
+        "key_mismatch", "context_too_large", "unknown_item", "duplicate", "processing_error",
     ]
     assert all(re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", r) for r in REASONS)
     assert all(m and "\n" not in m for m in REASONS.values())

@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 
+from inference.ranking import Weights
+
 from inference.datasets import find_datasets_dir, load_dataset
 from inference.events import Event
 from inference.vectors import top_k
@@ -357,7 +359,7 @@ def test_retrain_hook_is_called_on_schedule(encoder):
 
     def hook(recommender, events_so_far):
         calls.append(len(events_so_far))
-        recommender.config.weights.popularity = 0.5  # a "trained" change that must not leak into the other system
+        recommender.config.weights.popularity = Weights().popularity * 4  # a "trained" change that must not leak into the other system
 
     res = evaluate(mag, encoder=encoder, retrain_hook=hook,
                    cfg=EvalConfig(limit=LIMIT, retrain_every=250, systems=("streamrec", "streamrec-untrained"),
@@ -365,6 +367,6 @@ def test_retrain_hook_is_called_on_schedule(encoder):
     assert calls == [250, 500]
     assert res["protocol"]["retraining"] is True and res["offline"] is None
     assert res["protocol"]["systems"]["streamrec"]["retrains"] == 2
-    assert res["protocol"]["systems"]["streamrec-untrained"]["config"]["recommender"]["weights"]["popularity"] == 0.1
+    assert res["protocol"]["systems"]["streamrec-untrained"]["config"]["recommender"]["weights"]["popularity"] == Weights().popularity
     assert res["systems"]["streamrec"] != res["systems"]["streamrec-untrained"]
 
