@@ -71,6 +71,7 @@ class WorkerConfig:
     heartbeat_s: float = 3.0
     fetch_wait_ms: int = 10
     commit_interval_s: float = 1.0
+    producer_batch_bytes: int | None = None  # Kafka batch.size; None: Faust's default (16 KiB)
     loglevel: str = "info"
 
 
@@ -132,6 +133,7 @@ class StreamrecWorker:
             web_port=cfg.web_port,
             web_enabled=True,
             producer_linger=0.0,
+            **({"producer_max_batch_size": cfg.producer_batch_bytes} if cfg.producer_batch_bytes else {}),
             stream_wait_empty=False,
         )
         app.streamrec_fetch_wait_ms = cfg.fetch_wait_ms

@@ -45,6 +45,8 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                    help="consumer-group session timeout, seconds (a group join takes about half of it on Tansu)")
     p.add_argument("--heartbeat", type=float, default=float(env("STREAMREC_HEARTBEAT", "3")))
     p.add_argument("--fetch-wait-ms", type=int, default=int(env("STREAMREC_FETCH_WAIT_MS", "10")))
+    p.add_argument("--producer-batch-bytes", type=int, default=None,
+                   help="producer batch.size; 1 = one record per batch (see README: Tansu and changelog recovery)")
     p.add_argument("--batch-max", type=int, default=32)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-tokens", type=int, default=None)
@@ -67,6 +69,7 @@ def worker_config(args: argparse.Namespace):
         unknown_items=args.unknown_items, min_interval_ms=args.min_interval_ms, explain=args.explain,
         session_timeout_s=args.session_timeout, heartbeat_s=args.heartbeat, fetch_wait_ms=args.fetch_wait_ms,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, loglevel=args.loglevel,
+        producer_batch_bytes=args.producer_batch_bytes,
     )
 
 

@@ -17,7 +17,11 @@ def test_restart_on_an_empty_disk_restores_users_from_the_changelog(broker, mode
     publish_catalogue(prod, topics, [mi_dataset.items[i] for i in items])
     prod.close()
     app_id = "restart-test"
-    w = start_worker(kafka, topics, model_dir, tmp_path / "first", app_id=app_id)
+    # Tansu answers ListOffsets(latest) with the last *batch's* base offset + 1, so Faust's
+    # changelog recovery stops short of a multi-record last batch. One record per producer
+    # batch keeps that broker bug out of this test; Apache Kafka needs no such setting.
+    tansu = ("--producer-batch-bytes", "1")
+    w = start_worker(kafka, topics, model_dir, tmp_path / "first", *tansu, app_id=app_id)
     try:
         send(kafka, topics.clicks, [(b"hana", {"user_id": "hana", "item_id": items[k], "event_time": T0 + k,
                                                "event_id": f"h-{k}"}) for k in range(5)])
@@ -25,7 +29,7 @@ def test_restart_on_an_empty_disk_restores_users_from_the_changelog(broker, mode
     finally:
         stop_worker(w)
     # same group, new machine: nothing on disk, everything must come back from Kafka
-    w = start_worker(kafka, topics, model_dir, tmp_path / "second", app_id=app_id)
+    w = start_worker(kafka, topics, model_dir, tmp_path / "second", *tansu, app_id=app_id)
     try:
         send(kafka, topics.clicks, [
             (b"hana", {"user_id": "hana", "item_id": items[2], "event_time": T0 + 2, "event_id": "h-2"}),  # again

@@ -172,10 +172,11 @@ def test_broker_command_starts_answers_and_stops_on_ctrl_c():
     proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "broker", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        banner = proc.stdout.readline()  # printed once the broker answers
+        assert f"127.0.0.1:{port}" in banner
         wait_until_answers(f"127.0.0.1:{port}", timeout_s=30)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
-        assert f"127.0.0.1:{port}" in proc.stdout.read()
         import socket
 
         with socket.socket() as s:

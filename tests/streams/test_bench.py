@@ -1,0 +1,36 @@
+"""``streamrec bench pipeline --quick`` end to end on the real broker: the report's shape, not speed."""
+from __future__ import annotations
+
+import json
+
+from streams import bench
+
+
+def test_bench_pipeline_quick_writes_the_documented_report(broker, model_dir, tmp_path):
+    out = tmp_path / "pipeline.json"
+    assert bench.main(["--quick", "--out", str(out), "--model", str(model_dir), "--broker", broker.bootstrap,
+                       "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["cpu_model"] and "gpu" in machine
+    assert len(report["load_avg_before"]) == 3
+    assert set(report["runs"]) == set(bench.RUNS)
+    for name, run in report["runs"].items():
+        for key in ("events_per_s", "p50_ms", "p95_ms", "p99_ms", "offered_rate"):
+            assert isinstance(run[key], (int, float)) and run[key] > 0, (name, key, run)
+        assert run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"], (name, run)
+        assert run["latency"] and all(ph["received"] > 0 for ph in run["latency"]), (name, run["latency"])
+    assert report["encoder_yardstick"]["sentences_per_s"] > 0
+    assert set(report["targets"]) >= {"clicks_vs_ceiling", "clicks_p99_ms_at_half_saturation",
+                                      "reviews_vs_encoder_batch", "reviews_vs_naive"}
+    assert report["ratios"]["clicks_vs_ceiling"] > 0 and report["ratios"]["reviews_vs_naive"] > 0
+    assert out.with_suffix(".md").read_text().startswith("# streamrec pipeline benchmark")
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_steady_rate_and_percentiles():
+    stamps = [1000 + 10 * i for i in range(101)]  # 100 events/s
+    rate = bench.steady_rate(stamps)
+    assert rate["outputs"] == 101 and abs(rate["events_per_s"] - 100.0) < 1e-6
+    p = bench.percentiles_ms([0.001 * i for i in range(1, 101)])
+    assert p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"] <= p["max_ms"] == 100.0
