@@ -155,7 +155,7 @@ class Ranker:
         parts: dict[str, np.ndarray] = {}
         w = self.weights
         if user is not None:
-            parts["similarity"] = w.similarity * (items @ user)
+            parts["similarity"] = w.similarity * self.index.scores(user)
             if self.head is not None and w.head:
                 parts["head"] = w.head * self.head.scores(user, items)
         if w.popularity or user is None:

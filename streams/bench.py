@@ -80,6 +80,7 @@ class Plan:
     stall_s: float = 60.0  # saturation gives up when no output arrives for this long
     max_rate: float | None = None  # cap on offered rates (quick mode: its saturation figures are noise)
     drain_s: float | None = None  # after a phase, wait this long for the last outputs (None: 2 x phase, >= 15 s)
+    linger_ms: int = 5  # the load producer's linger (Kafka's default since 4.0); stamps stay the send() time
 
 
 QUICK = Plan(catalogue=200, users=10_000, preload={"ceiling": 200, "clicks": 200, "reviews": 32, "naive": 8},
@@ -389,6 +390,10 @@ def steady_rate(timestamps_ms: list[int], lo: float = 0.1, hi: float = 0.9) -> d
     i, j = int(lo * (n - 1)), int(hi * (n - 1))
     win = (ts[j] - ts[i]) / 1000.0
     total = (n - 1) / span if span > 0 else float("inf")
+    bins: dict[int, int] = {}
+    for t in ts:
+        bins[(t - ts[0]) // 1000] = bins.get((t - ts[0]) // 1000, 0) + 1
+    out["per_second"] = [bins.get(k, 0) for k in range(max(bins) + 1)][:600]
     steady = (j - i) / win if win > 0 and j > i else total
     return {**out, "events_per_s": round(steady, 1), "events_per_s_first_to_last": round(total, 1),
             "seconds": round(span, 3)}
@@ -447,37 +452,106 @@ def end_offsets(kafka, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def latency_phase(kafka, in_topic: str, out_topic: str, records: list[tuple[bytes, bytes, str]], rate: float,
-                  warmup_s: float, system: System, progress: bool, desc: str, drain_s: float) -> dict:
-    """Send ``records`` at ``rate``/s (each stamped with its send time), read the outputs as they
-    arrive, and return the latency percentiles of send -> output received."""
-    from tqdm import tqdm
+class LatencyReader:
+    """The receiving side of the latency measurement, in its own process (``_reader``).
 
-    sent: dict[str, float] = {}
-    received: dict[str, float] = {}
-    stop = threading.Event()
-    consumer = _consumer(kafka, fetch_max_wait_ms=10)
-    tps = _partitions(consumer, out_topic)
+    It assigns itself every partition of the output topic from its end, and notes for each
+    output record the wall time it arrived and the record's Kafka timestamp. A separate process
+    keeps the producer's pacing and the reader's polling from queueing on one GIL (in one
+    process the reader thread added up to ~100 ms at a few hundred records/s).
+    """
+
+    def __init__(self, kafka, topic: str, min_seq: int, work: Path, name: str) -> None:
+        self.out = work / f"{name}-latency.json"
+        cmd = _py("streams.bench", "_reader", "--broker", kafka.bootstrap, "--topic", topic, "--min-seq", str(min_seq),
+                  "--out", str(self.out))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(work / f"{name}-reader.log", "wb"),
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        self.count = 0
+        if self.proc.stdout.readline().strip() != "ready":
+            self.close()
+            raise RuntimeError(f"latency reader did not start; see {work / f'{name}-reader.log'}")
+        self._thread = threading.Thread(target=self._follow, name="bench-reader-progress", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.count = int(line)
+            except ValueError:
+                pass
+
+    def close(self) -> dict[str, list[float]]:
+        """Stop the reader; ``{event_id: [received_at, output_kafka_timestamp_s]}``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            return json.loads(self.out.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def run_reader(argv: list[str]) -> int:
+    """``python -m streams.bench _reader``: note arrival times of output records until SIGTERM."""
+    p = argparse.ArgumentParser(prog="streams.bench _reader")
+    p.add_argument("--broker", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--min-seq", type=int, default=0, help="count only event ids <run>-<seq> with seq >= this")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    from .settings import KafkaConfig
+
+    stop = False
+
+    def _stop(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    consumer = _consumer(KafkaConfig(args.broker), fetch_max_wait_ms=10)
+    tps = _partitions(consumer, args.topic)
     consumer.assign(tps)
     for tp, off in consumer.end_offsets(tps).items():
         consumer.seek(tp, off)
-    consumer.poll(timeout_ms=0)  # position resolved before the first send
+    consumer.poll(timeout_ms=0)
+    seen: dict[str, list[float]] = {}
+    counted = 0
+    print("ready", flush=True)
+    last_report = 0.0
+    while not stop:
+        for recs in consumer.poll(timeout_ms=50).values():
+            now = time.time()
+            for r in recs:
+                eid = _event_id(r.value)
+                if eid is None or eid in seen:
+                    continue
+                seen[eid] = [now, r.timestamp / 1000.0]
+                seq = eid.rpartition("-")[2]
+                if seq.isdigit() and int(seq) >= args.min_seq:
+                    counted += 1
+        if time.monotonic() - last_report > 0.2:
+            print(counted, flush=True)
+            last_report = time.monotonic()
+    consumer.close()
+    args.out.write_text(json.dumps(seen))
+    return 0
 
-    def consume() -> None:
-        while not stop.is_set():
-            for recs in consumer.poll(timeout_ms=50).values():
-                now = time.time()
-                for r in recs:
-                    eid = _event_id(r.value)
-                    if eid is not None and eid not in received:
-                        received[eid] = now
 
-    reader = threading.Thread(target=consume, name="bench-latency-reader", daemon=True)
-    reader.start()
-    prod = _producer(kafka, linger_ms=0)
+def paced_send(kafka, topic: str, records: list[tuple[bytes, bytes, str]], rate: float, progress: bool,
+               desc: str, linger_ms: int = 5) -> tuple[dict[str, float], float]:
+    """Send ``records`` at ``rate``/s; each record's Kafka timestamp (CreateTime) is its send time.
+    Returns ``{event_id: send time}`` and the seconds it took."""
+    from tqdm import tqdm
+
+    sent: dict[str, float] = {}
+    prod = _producer(kafka, linger_ms=linger_ms)
     try:
         start = time.perf_counter()
-        wall0 = time.time()
         with tqdm(total=len(records), desc=desc, unit="ev", disable=not progress, leave=False,
                   mininterval=0.5) as bar:
             for i, (key, value, eid) in enumerate(records):
@@ -486,24 +560,25 @@ def latency_phase(kafka, in_topic: str, out_topic: str, records: list[tuple[byte
                     time.sleep(wait)
                 now = time.time()
                 sent[eid] = now
-                prod.send(in_topic, key=key, value=value, timestamp_ms=int(now * 1000))
+                prod.send(topic, key=key, value=value, timestamp_ms=int(now * 1000))
                 if i % 64 == 0:
                     bar.update(i + 1 - bar.n)
         prod.flush()
-        seconds = time.perf_counter() - start
-        deadline = time.monotonic() + drain_s
-        while len(received.keys() & sent.keys()) < len(sent) and time.monotonic() < deadline:
-            system.check()
-            time.sleep(0.1)
+        return sent, time.perf_counter() - start
     finally:
-        stop.set()
-        reader.join(5)
-        consumer.close()
         prod.close()
-    lat = [received[e] - t for e, t in sent.items() if e in received and t - wall0 >= warmup_s]
-    got = sum(1 for e in sent if e in received)
-    return {"offered_rate": round(rate, 1), "achieved_send_rate": round(len(records) / seconds, 1) if seconds else None,
-            "sent": len(sent), "received": got, "samples": len(lat), **percentiles_ms(lat)}
+
+
+def latency_stats(sent: dict[str, float], seen: dict[str, list[float]], warmup_s: float) -> dict:
+    """Percentiles of send -> received (and send -> the output's Kafka timestamp) over ``sent``."""
+    if not sent:
+        return {"sent": 0, "received": 0, "samples": 0, **percentiles_ms([])}
+    t0 = min(sent.values())
+    keep = [e for e, t in sent.items() if e in seen and t - t0 >= warmup_s]
+    to_pub = percentiles_ms([seen[e][1] - sent[e] for e in keep])
+    return {"sent": len(sent), "received": sum(1 for e in sent if e in seen), "samples": len(keep),
+            **percentiles_ms([seen[e][0] - sent[e] for e in keep]),
+            "to_published_p50_ms": to_pub["p50_ms"], "to_published_p99_ms": to_pub["p99_ms"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,10 +647,14 @@ def run_naive(argv: list[str]) -> int:
     p.add_argument("--catalogue", type=Path, required=True, help=".npz with ids and unit vectors")
     p.add_argument("--top-n", type=int, default=10)
     p.add_argument("--fetch-wait-ms", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = p.parse_args(argv)
 
     import numpy as np
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
     from transformers import AutoModel, AutoTokenizer
 
@@ -689,6 +768,7 @@ class Context:
     progress: bool
     catalogue_npz: Path | None = None
     profile_dir: Path | None = None
+    naive_threads: int = 0
 
 
 def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
@@ -728,7 +808,8 @@ def run_one(ctx: Context, name: str) -> dict:
                   "--app-id", app_id, "--partitions", str(plan.partitions), "--state-dir", str(state))
     else:
         cmd = _py("streams.bench", "_naive", "--broker", kafka.bootstrap, "--prefix", topics.prefix,
-                  "--hf-model", str(ctx.hf_model), "--catalogue", str(ctx.catalogue_npz))
+                  "--hf-model", str(ctx.hf_model), "--catalogue", str(ctx.catalogue_npz),
+                  "--threads", str(ctx.naive_threads))
     system = System(name, cmd, log_path, health_port=health)
     result: dict[str, Any] = {"system": LABELS[name], "input_topic": in_topic, "preloaded": n}
     try:
@@ -750,17 +831,30 @@ def run_one(ctx: Context, name: str) -> dict:
         if len(stamps) < n:
             result["saturation_incomplete"] = f"{len(stamps)}/{n} outputs"
         phases = []
-        for frac in plan.fractions:
-            rate = max(sat["events_per_s"] * frac, 1.0)
-            if plan.max_rate:
-                rate = min(rate, plan.max_rate * frac)
-            count = max(int(math.ceil(rate * plan.phase_s)), 4)
-            ph = latency_phase(kafka, in_topic, topics.recommendations, src.take(count), rate, plan.warmup_s,
-                               system, ctx.progress, f"{name}: {frac:.0%} ({rate:.0f}/s)",
-                               drain_s=plan.drain_s or max(15.0, plan.phase_s * 2))
-            phases.append({"fraction": frac, **ph})
-            log.info("%s at %.0f%% (%.1f/s): p50 %s p99 %s ms, %d/%d received", name, frac * 100, rate,
-                     ph["p50_ms"], ph["p99_ms"], ph["received"], ph["sent"])
+        reader = LatencyReader(kafka, topics.recommendations, min_seq=src.n, work=ctx.work, name=name)
+        try:
+            expected = 0
+            for frac in plan.fractions:
+                rate = max(sat["events_per_s"] * frac, 1.0)
+                if plan.max_rate:
+                    rate = min(rate, plan.max_rate * frac)
+                count = max(int(math.ceil(rate * plan.phase_s)), 4)
+                sent, secs = paced_send(kafka, in_topic, src.take(count), rate, ctx.progress,
+                                        f"{name}: {frac:.0%} ({rate:.0f}/s)", plan.linger_ms)
+                expected += len(sent)
+                deadline = time.monotonic() + (plan.drain_s or max(15.0, plan.phase_s * 2))
+                while reader.count < expected and time.monotonic() < deadline:
+                    system.check()
+                    time.sleep(0.1)
+                phases.append({"fraction": frac, "offered_rate": round(rate, 1),
+                               "achieved_send_rate": round(len(sent) / secs, 1) if secs else None, "_sent": sent})
+        finally:
+            seen = reader.close()
+        for ph in phases:
+            ph.update(latency_stats(ph.pop("_sent"), seen, plan.warmup_s))
+            log.info("%s at %.0f%% (%.1f/s): p50 %s p99 %s ms (to published p50 %s), %d/%d received", name,
+                     ph["fraction"] * 100, ph["offered_rate"], ph["p50_ms"], ph["p99_ms"],
+                     ph["to_published_p50_ms"], ph["received"], ph["sent"])
         result["latency"] = phases
         half = min(phases, key=lambda ph: abs(ph["fraction"] - 0.5))
         result.update({k: half[k] for k in ("p50_ms", "p95_ms", "p99_ms", "offered_rate")})
@@ -919,6 +1013,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-seconds", type=float, default=None, help="seconds per offered-rate phase")
     p.add_argument("--fractions", default=None, help="offered rates as shares of saturation (default 0.25,0.5,0.75)")
     p.add_argument("--preload", default=None, help="override pre-loaded events, e.g. clicks=30000,naive=300")
+    p.add_argument("--naive-threads", type=int, default=0, help="torch threads of the naive consumer (0: default)")
+    p.add_argument("--linger-ms", type=int, default=None, help="load producer linger (default 5)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="py-spy each system during its saturation phase (collapsed stacks in DIR)")
     p.add_argument("--no-progress", action="store_true")
@@ -956,6 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.phase_s = args.phase_seconds
     if args.fractions:
         plan.fractions = tuple(float(x) for x in args.fractions.split(","))
+    if args.linger_ms is not None:
+        plan.linger_ms = args.linger_ms
     if args.preload:
         for part in args.preload.split(","):
             k, _, v = part.partition("=")
@@ -982,7 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
     wl = build_workload(plan)
     work = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     ctx = Context(kafka=None, plan=plan, wl=wl, model_dir=model_dir, hf_model=None, work=work, progress=progress,
-                  profile_dir=args.profile)
+                  profile_dir=args.profile, naive_threads=args.naive_threads)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     # the yardstick: the encoder alone, on the review texts the reviews run will see (nothing else running)
@@ -1066,4 +1164,6 @@ if __name__ == "__main__":
         sys.exit(run_ceiling(_argv[1:]))
     if _argv and _argv[0] == "_naive":
         sys.exit(run_naive(_argv[1:]))
+    if _argv and _argv[0] == "_reader":
+        sys.exit(run_reader(_argv[1:]))
     sys.exit(main(_argv))
