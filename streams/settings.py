@@ -52,16 +52,13 @@ class KafkaConfig:
 
     def kafka_python(self) -> dict:
         """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
-        kw: dict = {"bootstrap_servers": self.servers, "security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                      sasl_plain_password=self.sasl_password)
-        if "SSL" in self.security_protocol:
-            kw["ssl_context"] = self.ssl_context()
-        return kw
+        return self._client_kwargs()
 
     def aiokafka(self) -> dict:
-        """Keyword arguments for aiokafka clients."""
+        """Keyword arguments for aiokafka clients (the same names as kafka-python's)."""
+        return self._client_kwargs()
+
+    def _client_kwargs(self) -> dict:
         kw: dict = {"bootstrap_servers": self.servers, "security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
