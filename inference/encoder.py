@@ -91,8 +91,10 @@ def _session(path: Path, device: str, threads: int | None):
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    if os.environ.get("_SR_AB_NOSPIN"):  # TEMP-AB
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # TEMP-AB
+    # No spin-waiting between ops: on a small box the encoder shares the cores with the event
+    # loop and the broker, and spinning threads took their CPU (bench pipeline: +10-100%
+    # sentences/s under contention, no loss alone).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device == "cuda":
         if hasattr(ort, "preload_dlls"):
             try:  # CUDA/cuDNN from pip (nvidia-*) packages are found this way
@@ -147,8 +149,6 @@ class Encoder:
         self.max_tokens = int(max_tokens or self.manifest.get("max_tokens", 256))
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
-        if os.environ.get("_SR_AB_BEFORE"):  # TEMP-AB
-            self.max_batch_tokens = 10**9  # TEMP-AB
         variants = self.manifest["variants"]
         device = choose_device(device)
         if variant == "auto":

@@ -54,9 +54,6 @@ class ItemIndex:
         self.nprobe = nprobe
         self._vecs = np.zeros((capacity, dim), dtype=np.float32)
         self._cols: np.ndarray | None = np.zeros((dim, capacity), dtype=np.float32)  # scoring mirror
-        import os as _tmp_os  # TEMP-AB
-        if _tmp_os.environ.get("_SR_AB_BEFORE"):  # TEMP-AB
-            self._cols = None  # TEMP-AB
         self._alive = np.zeros(capacity, dtype=bool)
         self._ids: list[str | None] = [None] * capacity
         self._row: dict[str, int] = {}
