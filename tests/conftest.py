@@ -38,3 +38,19 @@ def encoder(model_dir):
     from inference.encoder import Encoder
 
     return Encoder(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """The embedded Kafka-protocol broker (Tansu) over TCP, shared by the whole session."""
+    from streams.broker import EmbeddedBroker, free_port
+
+    with EmbeddedBroker(port=free_port(), log_file=None) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def mi_dataset():
+    from inference.datasets import load_dataset
+
+    return load_dataset("musical_instruments")

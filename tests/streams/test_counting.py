@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from conftest import fresh_topics, start_worker, stop_worker
+from harness import fresh_topics, start_worker, stop_worker
 from kafkaio import read_all, send
 from streams.replay import producer, publish_catalogue
 

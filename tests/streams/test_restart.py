@@ -1,7 +1,7 @@
 """A restarted worker resumes each user from the changelog, not from the input topics."""
 from __future__ import annotations
 
-from conftest import fresh_topics, start_worker, stop_worker
+from harness import fresh_topics, start_worker, stop_worker
 from kafkaio import for_user, read_all, send
 from streams.replay import producer, publish_catalogue
 from streams.settings import KafkaConfig
