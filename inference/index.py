@@ -66,6 +66,37 @@ class ItemIndex:
         self._ivf = None  # (centroids, lists) once the catalogue passes exact_limit
         self._ivf_pending: set[int] = set()  # rows written since the IVF was built: always scored
         self._ivf_removed = 0
+        self.changes = 0  # bumped on every upsert and removal (a model view compares it)
+        self._listeners: list = []  # callables (ids, unit vectors or None for removals), see listen()
+
+    def listen(self, fn) -> None:
+        """Call ``fn(ids, vectors)`` after every upsert (unit vectors) and ``fn(ids, None)``
+        after a removal, under the index lock: how a model's scoring space follows the
+        catalogue (:class:`inference.model.ModelSpace`)."""
+        self._listeners.append(fn)
+
+    def unlisten(self, fn) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def layout_copy(self, vectors: np.ndarray) -> ItemIndex:
+        """A new index with this one's ids in the very same rows, holding ``vectors`` (one unit
+        vector per used row, dead rows zero). Applying the same changes to both keeps the rows
+        aligned, so popularity and exclusions computed on either index agree."""
+        with self._lock:
+            out = ItemIndex(self.dim, capacity=len(self._ids), device=self.device, exact_limit=self.exact_limit,
+                            nprobe=self.nprobe)
+            out._vecs[: self._top] = vectors
+            if out._cols is not None:
+                out._cols[:, : self._top] = np.asarray(vectors, dtype=np.float32).T
+            out._alive[:] = self._alive
+            out._ids = list(self._ids)
+            out._row = dict(self._row)
+            out._free = list(self._free)
+            out._top = self._top
+            out.version = self.version
+            out._ivf_pending = set(range(self._top))
+            return out
 
     # -- catalogue changes -------------------------------------------------------------
     def __len__(self) -> int:
@@ -127,6 +158,9 @@ class ItemIndex:
                     self._cols[:, row] = vec
                 self._ivf_pending.add(row)
             self._gpu_version = -1
+            self.changes += 1
+            for fn in self._listeners:
+                fn(ids, vecs)
 
     def remove(self, item_id: str) -> bool:
         """Remove an item; returns False if it was not there."""
@@ -143,6 +177,9 @@ class ItemIndex:
             self.version += 1
             self._gpu_version = -1
             self._ivf_removed += 1
+            self.changes += 1
+            for fn in self._listeners:
+                fn([item_id], None)
             return True
 
     def _new_row(self) -> int:

@@ -127,6 +127,7 @@ class ScoredItem:
 class Recommendation:
     items: list[ScoredItem] = field(default_factory=list)
     cold_start: bool = False
+    model_version: str | None = None  # set by Recommender.recommend
 
     @property
     def item_ids(self) -> list[str]:

@@ -10,6 +10,11 @@ Example::
     state = UserState.empty(index.dim)
     rec.observe(state, event)                 # click: no text needed
     rec.recommend(state).item_ids             # up to 5 ids, seen ones excluded
+
+A trained version (:class:`inference.model.ModelParams`) is switched in with
+:meth:`Recommender.prepare_model` (the slow part, safe on a worker thread) and
+:meth:`Recommender.activate` (a reference swap, done between two events). User state is
+model-independent, so it stays valid across versions.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 
 from .events import Event
 from .index import ItemIndex
+from .model import ModelParams, ModelSpace
 from .ranking import LinearHead, Popularity, Ranker, Recommendation, Weights
 from .user import UpdateConfig, UserState, apply_event
 
@@ -32,15 +38,71 @@ class RecommenderConfig:
     weights: Weights = field(default_factory=Weights)
 
 
+@dataclass
+class ActiveModel:
+    """Everything one model version scores with; swapped as a whole, never piecemeal."""
+
+    version: str
+    params: ModelParams | None  # None: the encoder alone
+    space: ModelSpace | None
+    ranker: Ranker
+
+
 class Recommender:
     """Index + popularity + ranking + the user update rule, behind two calls."""
 
     def __init__(self, index: ItemIndex, *, config: RecommenderConfig | None = None,
-                 head: LinearHead | None = None, popularity: Popularity | None = None) -> None:
+                 head: LinearHead | None = None, popularity: Popularity | None = None,
+                 version: str = "v0") -> None:
         self.index = index
         self.config = config or RecommenderConfig()
         self.popularity = popularity or Popularity(self.config.popularity_half_life_s)
-        self.ranker = Ranker(index, self.popularity, head=head, weights=self.config.weights)
+        self.active = ActiveModel(version, None, None,
+                                  Ranker(index, self.popularity, head=head, weights=self.config.weights))
+
+    @property
+    def ranker(self) -> Ranker:
+        return self.active.ranker
+
+    @property
+    def model_version(self) -> str:
+        return self.active.version
+
+    @property
+    def params(self) -> ModelParams | None:
+        return self.active.params
+
+    def prepare_model(self, params: ModelParams | None, version: str) -> ActiveModel:
+        """Build a version's scoring space (item vectors through the adapter). Thread-safe and
+        side-effect free for scoring: nothing changes until :meth:`activate`."""
+        if params is None or params.is_identity:
+            weights = params.weights if params is not None else self.config.weights
+            head = params.head() if params is not None else None
+            return ActiveModel(version, params, None, Ranker(self.index, self.popularity, head=head, weights=weights))
+        space = ModelSpace(self.index, params)
+        return ActiveModel(version, params, space,
+                           Ranker(space.index, self.popularity, head=params.head(), weights=params.weights))
+
+    def activate(self, model: ActiveModel) -> None:
+        """Switch to a prepared version in one assignment (call between two events)."""
+        old, self.active = self.active, model
+        if old.space is not None and old is not model:
+            old.space.close()
+
+    def use_model(self, params: ModelParams | None, version: str) -> None:
+        """Prepare and activate in one go (offline replay, tests)."""
+        self.activate(self.prepare_model(params, version))
+
+    def user_vector(self, state: UserState | None, model: ActiveModel | None = None) -> np.ndarray | None:
+        """The user's vector in the scoring space of ``model`` (default: the active one)."""
+        model = model or self.active
+        user = state.unit() if state is not None else None
+        return model.params.user_vector(user) if model.params is not None else user
+
+    def score_all(self, state: UserState | None, model: ActiveModel | None = None):
+        """``(total, parts)`` over every index row for a user, as :meth:`recommend` ranks them."""
+        model = model or self.active
+        return model.ranker.score_all(self.user_vector(state, model))
 
     @property
     def dim(self) -> int:
@@ -75,6 +137,9 @@ class Recommender:
 
     def recommend(self, state: UserState | None, n: int | None = None) -> Recommendation:
         """Top-N for a user (None or no history: the popularity list, marked cold start)."""
-        user = state.unit() if state is not None else None
+        model = self.active  # one version for the whole list, even if a swap lands meanwhile
+        user = self.user_vector(state, model)
         exclude = state.recent_items if (state is not None and self.config.exclude_seen) else ()
-        return self.ranker.recommend(user, n or self.config.top_n, exclude=exclude)
+        rec = model.ranker.recommend(user, n or self.config.top_n, exclude=exclude)
+        rec.model_version = model.version
+        return rec

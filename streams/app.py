@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 import weakref
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from inference.user import UserState
 from . import transport as _transport  # registers the "streamrec://" transport
 from .catalog import CatalogueFollower
 from .metrics import Metrics
+from .models import ModelFollower
 from .records import dead_letter_record, dumps, recommendation_record
 from .settings import KafkaConfig, default_model_dir, default_state_dir
 from .topics import Topics
@@ -61,6 +63,9 @@ class WorkerConfig:
     unknown_items: str = "dead-letter"  # dead-letter | accept (text-only signal, item remembered as seen)
     min_interval_ms: float = 0.0  # per-user: publish at most one list per interval (0: after every event)
     explain: bool = False  # include score parts in output records
+    registry: Path | None = None  # model registry shared with the trainer (None: serve the encoder alone)
+    retrain_every_events: int = 0  # ask the trainer for a new version after N accepted events (0: never)
+    retrain_interval_s: float = 0.0  # ... or after this long with at least one accepted event (0: never)
     # Batching and Kafka timing (see README "Timeouts"):
     chunk_size: int = 64
     chunk_wait_s: float = 0.005
@@ -104,14 +109,34 @@ class StreamrecWorker:
         self.index = ItemIndex(self.encoder.dim, device="cuda" if self.encoder.info.provider.startswith("CUDA")
                                else "cpu")
         self.recommender = Recommender(self.index, config=cfg.recommender)
-        info = self.encoder.info
-        self.model_version = f"{info.model_name}:{info.variant}:v0"
-        self.metrics.set_model(self.model_version, info.variant, info.provider)
+        self.models = ModelFollower(self.recommender, cfg.registry, on_swap=self._on_swap)
+        self._accepted_since_swap = 0
+        self._since = time.monotonic()
+        self.metrics.set_model(self.model_version, self.encoder.info.variant, self.encoder.info.provider)
         self.catalogue = CatalogueFollower(self.index, self._encode_many, on_reject=self._reject_item,
                                            on_applied=self._on_catalogue)
         self._pending: OrderedDict[str, dict] = OrderedDict()  # coalesced lists waiting for their slot
         self._last_publish: OrderedDict[str, float] = OrderedDict()
         self.app = self._build_app()
+
+    @property
+    def model_version(self) -> str:
+        """``<encoder>:<variant>:v<N>`` (v0: the encoder alone), as output records carry it."""
+        return self.version_label(self.recommender.model_version)
+
+    def version_label(self, version: str) -> str:
+        info = self.encoder.info
+        return f"{info.model_name}:{info.variant}:{version}"
+
+    def serving_ready(self) -> bool:
+        """Catalogue loaded and the newest published model version active."""
+        return self.catalogue.ready.is_set() and self.models.ready.is_set()
+
+    def _on_swap(self, version: str) -> None:
+        self._accepted_since_swap = 0
+        self._since = time.monotonic()
+        self.metrics.set_model(self.version_label(version), self.encoder.info.variant, self.encoder.info.provider)
+        self.metrics.model_swaps.inc()
 
     # -- Faust app ---------------------------------------------------------------------
     def _build_app(self) -> faust.App:
@@ -143,6 +168,7 @@ class StreamrecWorker:
         self.rekeyed_topic = app.topic(t.rekeyed, partitions=cfg.partitions, **raw)
         self.recs_topic = app.topic(t.recommendations, partitions=cfg.partitions, **raw)
         self.dlq_topic = app.topic(t.dead_letters, **raw)
+        self.control_topic = app.topic(t.control, **raw)
         # value_type=bytes makes Faust store and ship the value raw (UserState.to_bytes)
         self.users = app.Table("users", default=None, key_type=str, value_type=bytes, partitions=cfg.partitions,
                                help="user state (inference.user.UserState bytes)")
@@ -150,6 +176,7 @@ class StreamrecWorker:
         @app.agent(self.events_topic, name="process-events")
         async def process(stream):
             await self.catalogue.ready.wait()
+            await self.models.ready.wait()
             async for chunk in stream.take_events(cfg.chunk_size, within=cfg.chunk_wait_s):
                 await self.process_chunk(stream, chunk)
 
@@ -161,6 +188,20 @@ class StreamrecWorker:
                 return AIOKafkaConsumer(client_id=f"{cfg.app_id}-catalogue", enable_auto_commit=False,
                                         fetch_max_wait_ms=cfg.fetch_wait_ms, **cfg.kafka.aiokafka())
             await self.catalogue.run(factory, t.items)
+
+        @app.task
+        async def follow_models():
+            from aiokafka import AIOKafkaConsumer
+
+            def factory():
+                return AIOKafkaConsumer(client_id=f"{cfg.app_id}-control", enable_auto_commit=False,
+                                        fetch_max_wait_ms=max(cfg.fetch_wait_ms, 100), **cfg.kafka.aiokafka())
+            await self.models.run(factory, t.control)
+
+        if cfg.retrain_every_events > 0 or cfg.retrain_interval_s > 0:
+            @app.timer(interval=1.0)
+            async def request_retrain():
+                await self._maybe_request_retrain()
 
         if cfg.min_interval_ms > 0:
             @app.timer(interval=max(cfg.min_interval_ms / 2000.0, 0.01))
@@ -174,7 +215,7 @@ class StreamrecWorker:
 
         @app.page("/health")
         async def health_view(web, request):
-            ready = self.catalogue.ready.is_set()
+            ready = self.serving_ready()
             return web.json({"ready": ready, "items": len(self.index), "model_version": self.model_version},
                             status=200 if ready else 503)
 
@@ -246,13 +287,31 @@ class StreamrecWorker:
             return
         self.recommender.observe(state, event, text_vec)
         rec = self.recommender.recommend(state)
-        record = recommendation_record(event, rec, model_version=self.model_version, source=_source(msg),
+        record = recommendation_record(event, rec, model_version=self.version_label(rec.model_version),
+                                       source=_source(msg),
                                        received_ts=msg.timestamp, explain=self.cfg.explain)
         # Publish before the state write: a crash between the two re-processes the event
         # and publishes again (at-least-once) instead of losing the list.
         await self._publish(event.user_id, record)
         self.users[event.user_id] = state.to_bytes()
         self.metrics.events.labels(type=event.kind).inc()
+        self._accepted_since_swap += 1
+
+    async def _maybe_request_retrain(self) -> None:
+        """Ask the trainer for a new version once enough events were accepted since the swap
+        (the count restarts after each request and each swap)."""
+        cfg, n = self.cfg, self._accepted_since_swap
+        due = (cfg.retrain_every_events > 0 and n >= cfg.retrain_every_events) or (
+            cfg.retrain_interval_s > 0 and n > 0 and time.monotonic() - self._since >= cfg.retrain_interval_s)
+        if not due:
+            return
+        request = {"type": "retrain-request", "model_version": self.model_version, "events": n,
+                   "worker": f"{socket.gethostname()}:{os.getpid()}", "requested_at": round(time.time(), 3)}
+        await self.control_topic.send(key=b"retrain-request", value=dumps(request))
+        self.metrics.retrain_requests.inc()
+        log.info("asked for retraining: %d events accepted on %s", n, self.model_version)
+        self._accepted_since_swap = 0
+        self._since = time.monotonic()
 
     async def _publish(self, user_id: str, record: dict) -> None:
         interval = self.cfg.min_interval_ms / 1000.0

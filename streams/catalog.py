@@ -19,6 +19,8 @@ import numpy as np
 from inference.events import InvalidEvent, ItemRecord, parse_item
 from inference.index import ItemIndex
 
+from .follow import follow_topic
+
 log = logging.getLogger("streamrec.catalog")
 
 EncodeMany = Callable[[list[str]], Awaitable[np.ndarray]]
@@ -79,37 +81,12 @@ class CatalogueFollower:
 
     async def run(self, consumer_factory: Callable[[], object], topic: str, poll_ms: int = 100) -> None:
         """Follow ``topic`` forever with an aiokafka consumer from ``consumer_factory``."""
-        from aiokafka import TopicPartition
+        async def caught_up() -> None:
+            self.ready.set()
+            log.info("catalogue ready: %d items", len(self.index))
 
-        consumer = consumer_factory()
-        await consumer.start()
-        try:
-            parts = consumer.partitions_for_topic(topic)
-            while not parts:
-                await consumer._client.force_metadata_update()  # topic may be created a moment later
-                parts = consumer.partitions_for_topic(topic)
-                if not parts:
-                    await asyncio.sleep(0.5)
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            log.info("catalogue: loading %s (%d records)", topic, sum(end.values()))
-            while True:
-                batches = await consumer.getmany(timeout_ms=poll_ms, max_records=512)
-                for msgs in batches.values():
-                    await self.apply(msgs)
-                # Ready once the start-time end offsets are passed and a fetch comes back empty
-                # (some brokers report the end offset of the last batch, not past its records).
-                if not self.ready.is_set() and not batches and all(await _positions_reached(consumer, end)):
-                    self.ready.set()
-                    log.info("catalogue ready: %d items", len(self.index))
-        finally:
-            await consumer.stop()
-
-
-async def _positions_reached(consumer, end: dict) -> list[bool]:
-    return [await consumer.position(tp) >= off for tp, off in end.items()]
+        log.info("catalogue: loading %s", topic)
+        await follow_topic(consumer_factory, topic, self.apply, caught_up, poll_ms)
 
 
 def item_json(rec: ItemRecord) -> bytes:

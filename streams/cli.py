@@ -41,6 +41,13 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-interval-ms", type=float, default=0.0,
                    help="publish at most one list per user per interval (0: after every event)")
     p.add_argument("--explain", action="store_true", help="include score parts in output records")
+    p.add_argument("--registry", type=Path, default=Path(env("STREAMREC_REGISTRY")) if env("STREAMREC_REGISTRY") else None,
+                   help="model registry shared with `streamrec train` (env STREAMREC_REGISTRY): published versions "
+                        "are hot-swapped in; without it the worker serves the encoder alone (v0)")
+    p.add_argument("--retrain-every-events", type=int, default=int(env("STREAMREC_RETRAIN_EVERY_EVENTS", "0")),
+                   help="ask the trainer for a new version after N accepted events on this worker (0: never)")
+    p.add_argument("--retrain-interval-s", type=float, default=float(env("STREAMREC_RETRAIN_INTERVAL_S", "0")),
+                   help="... or after this many seconds with at least one accepted event (0: never)")
     p.add_argument("--session-timeout", type=float, default=float(env("STREAMREC_SESSION_TIMEOUT", "10")),
                    help="consumer-group session timeout, seconds (a group join takes about half of it on Tansu)")
     p.add_argument("--heartbeat", type=float, default=float(env("STREAMREC_HEARTBEAT", "3")))
@@ -69,7 +76,8 @@ def worker_config(args: argparse.Namespace):
         unknown_items=args.unknown_items, min_interval_ms=args.min_interval_ms, explain=args.explain,
         session_timeout_s=args.session_timeout, heartbeat_s=args.heartbeat, fetch_wait_ms=args.fetch_wait_ms,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, loglevel=args.loglevel,
-        producer_batch_bytes=args.producer_batch_bytes,
+        producer_batch_bytes=args.producer_batch_bytes, registry=args.registry.expanduser() if args.registry else None,
+        retrain_every_events=args.retrain_every_events, retrain_interval_s=args.retrain_interval_s,
     )
 
 
@@ -179,7 +187,8 @@ def cmd_demo(args) -> int:
 def _delegate(module: str, argv: list[str]) -> int:
     import importlib
 
-    return int(importlib.import_module(module).main(argv) or 0)
+    module, _, func = module.partition(":")
+    return int(getattr(importlib.import_module(module), func or "main")(argv) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,13 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("export-onnx", "training.export", "export a Hugging Face encoder to ONNX (fp32, int8, fp16)"),
         ("bench", "training.bench", "benchmarks: encoder | scoring | pipeline"),
         ("evaluate", "training.evaluate", "prequential and leave-last-out evaluation against baselines"),
+        ("train", "training.service", "the trainer: retrain on request (or --once), publish better versions"),
+        ("models", "training.service", "list the model registry's versions and their metrics"),
     ]:
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.set_defaults(module=module)
     return parser
 
 
-DELEGATED = {"export-onnx": "training.export", "bench": "training.bench", "evaluate": "training.evaluate"}
+DELEGATED = {"export-onnx": "training.export", "bench": "training.bench", "evaluate": "training.evaluate",
+             "train": "training.service", "models": "training.service:models_main"}
 
 
 def main(argv: list[str] | None = None) -> int:

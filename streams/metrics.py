@@ -29,6 +29,10 @@ class Metrics:
                                          ["op"], registry=r)
         self.model = Gauge("streamrec_model_info", "The model version in use (value 1)",
                            ["version", "variant", "provider"], registry=r)
+        self.model_swaps = Counter("streamrec_model_swaps_total", "Model versions switched to while running",
+                                   registry=r)
+        self.retrain_requests = Counter("streamrec_retrain_requests_total",
+                                        "Retrain requests sent to the control topic", registry=r)
 
     def set_model(self, version: str, variant: str, provider: str) -> None:
         self.model.clear()

@@ -1,19 +1,20 @@
-"""Connection and worker settings, from arguments first, then ``STREAMREC_*`` variables.
+"""Worker settings, from arguments first, then ``STREAMREC_*`` variables.
 
-Every command takes ``--broker`` (env ``STREAMREC_BROKER``, default the embedded broker
-on 127.0.0.1:9092) and the SASL/TLS settings below, so the same CLI runs against the
-embedded Tansu broker and a production Apache Kafka cluster.
+The connection settings (``KafkaConfig``, ``--broker`` and the SASL/TLS flags) live in
+:mod:`inference.wire`, shared with the trainer, and are re-exported here.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import ssl
-from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_BROKER = "127.0.0.1:9092"
-DEFAULT_PREFIX = "streamrec."
+from inference.wire import (  # noqa: F401 - re-exported
+    DEFAULT_BROKER,
+    DEFAULT_PREFIX,
+    KafkaConfig,
+    add_kafka_args,
+    kafka_from_args,
+)
 
 
 def default_model_dir() -> Path:
@@ -23,89 +24,3 @@ def default_model_dir() -> Path:
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("STREAMREC_STATE_DIR", "~/.cache/streamrec/state")).expanduser()
-
-
-@dataclass
-class KafkaConfig:
-    """How to reach the cluster. The password never appears in ``repr`` or logs."""
-
-    bootstrap: str = DEFAULT_BROKER
-    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
-    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-
-    @property
-    def servers(self) -> list[str]:
-        return [s.strip() for s in self.bootstrap.split(",") if s.strip()]
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if "SSL" not in self.security_protocol:
-            return None
-        ctx = ssl.create_default_context(cafile=self.ssl_cafile)
-        if self.ssl_certfile:
-            ctx.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
-        return ctx
-
-    def kafka_python(self) -> dict:
-        """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
-        return self._client_kwargs()
-
-    def aiokafka(self) -> dict:
-        """Keyword arguments for aiokafka clients (the same names as kafka-python's)."""
-        return self._client_kwargs()
-
-    def _client_kwargs(self) -> dict:
-        kw: dict = {"bootstrap_servers": self.servers, "security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                      sasl_plain_password=self.sasl_password)
-        if "SSL" in self.security_protocol:
-            kw["ssl_context"] = self.ssl_context()
-        return kw
-
-    def faust_credentials(self):
-        """``broker_credentials`` for the Faust app, or None for plaintext."""
-        import faust
-
-        if self.sasl_mechanism:
-            return faust.SASLCredentials(username=self.sasl_username, password=self.sasl_password,
-                                         mechanism=self.sasl_mechanism, ssl_context=self.ssl_context())
-        if "SSL" in self.security_protocol:
-            return faust.SSLCredentials(self.ssl_context())
-        return None
-
-
-def add_kafka_args(parser: argparse.ArgumentParser) -> None:
-    """The connection flags every command shares."""
-    env = os.environ.get
-    g = parser.add_argument_group("Kafka connection")
-    g.add_argument("--broker", default=env("STREAMREC_BROKER", DEFAULT_BROKER),
-                   help="bootstrap servers, comma-separated (env STREAMREC_BROKER; default %(default)s)")
-    g.add_argument("--prefix", default=env("STREAMREC_PREFIX", DEFAULT_PREFIX),
-                   help="topic name prefix (env STREAMREC_PREFIX; default %(default)s)")
-    g.add_argument("--security-protocol", default=env("STREAMREC_SECURITY_PROTOCOL", "PLAINTEXT"),
-                   choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
-    g.add_argument("--sasl-mechanism", default=env("STREAMREC_SASL_MECHANISM"),
-                   choices=[None, "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
-    g.add_argument("--sasl-username", default=env("STREAMREC_SASL_USERNAME"))
-    g.add_argument("--ssl-cafile", default=env("STREAMREC_SSL_CAFILE"))
-    g.add_argument("--ssl-certfile", default=env("STREAMREC_SSL_CERTFILE"))
-    g.add_argument("--ssl-keyfile", default=env("STREAMREC_SSL_KEYFILE"))
-
-
-def kafka_from_args(args: argparse.Namespace) -> KafkaConfig:
-    """Build the connection; the SASL password comes only from STREAMREC_SASL_PASSWORD."""
-    return KafkaConfig(
-        bootstrap=args.broker,
-        security_protocol=args.security_protocol,
-        sasl_mechanism=args.sasl_mechanism,
-        sasl_username=args.sasl_username,
-        sasl_password=os.environ.get("STREAMREC_SASL_PASSWORD"),
-        ssl_cafile=args.ssl_cafile,
-        ssl_certfile=args.ssl_certfile,
-        ssl_keyfile=args.ssl_keyfile,
-    )

@@ -8,63 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
-from .settings import DEFAULT_PREFIX, KafkaConfig
+from inference.wire import KafkaConfig, Topics  # noqa: F401 - Topics re-exported
 
 log = logging.getLogger("streamrec.topics")
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Every topic of the public contract, under one prefix."""
-
-    prefix: str = DEFAULT_PREFIX
-
-    @property
-    def clicks(self) -> str:  # key user id, JSON event
-        return self.prefix + "clicks"
-
-    @property
-    def reviews(self) -> str:  # key user id, JSON event with text and/or rating
-        return self.prefix + "reviews"
-
-    @property
-    def items(self) -> str:  # compacted, key item id, JSON item or null (delete)
-        return self.prefix + "items"
-
-    @property
-    def recommendations(self) -> str:  # key user id, JSON Top-N record
-        return self.prefix + "recommendations"
-
-    @property
-    def dead_letters(self) -> str:  # key as received, JSON reject record
-        return self.prefix + "dead-letters"
-
-    @property
-    def control(self) -> str:  # model versions and retrain requests
-        return self.prefix + "control"
-
-    @property
-    def rekeyed(self) -> str:  # internal: unkeyed events re-published keyed by user id
-        return self.prefix + "events-rekeyed"
-
-    def event_topics(self) -> list[str]:
-        """The co-partitioned topics the user-state agent reads."""
-        return [self.clicks, self.reviews, self.rekeyed]
-
-    def specs(self, partitions: int) -> dict[str, tuple[int, dict[str, str]]]:
-        """name -> (partitions, configs) for every topic streamrec needs."""
-        compact = {"cleanup.policy": "compact"}
-        return {
-            self.clicks: (partitions, {}),
-            self.reviews: (partitions, {}),
-            self.rekeyed: (partitions, {}),
-            self.items: (1, compact),
-            self.recommendations: (partitions, {}),
-            self.dead_letters: (1, {}),
-            self.control: (1, {}),
-        }
 
 
 def ensure_topics(kafka: KafkaConfig, topics: Topics, partitions: int = 6, replication: int = 1,

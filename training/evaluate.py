@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -117,13 +118,14 @@ DEFAULT_MODEL_DIR = "~/.cache/streamrec/models/all-MiniLM-L6-v2"
 DEFAULT_OUT = "bench/results"
 DEFAULT_CACHE = "~/.cache/streamrec/eval"  # $STREAMREC_EVAL_CACHE overrides it
 
-#: ``retrain(recommender, events_so_far) -> None``: refit whatever the training code fits
-#: (e.g. set ``recommender.ranker.head`` and ``recommender.config.weights.head``). Called every
-#: ``retrain_every`` events in the streaming run, once on the training part offline.
+#: ``retrain(recommender, events_so_far[, text_vecs=...]) -> None``: refit whatever the training
+#: code fits and switch the recommender to it (``recommender.use_model``). Called every
+#: ``retrain_every`` events in the streaming run, once on the training part offline. The
+#: default is :class:`training.trainer.PeriodicRetrainer`, what ``streamrec train`` runs.
 RetrainHook = Callable[[Recommender, Sequence[Event]], None]
 
-RETRAINING_NOTE = ("the training issue has not landed: no retrain hook is given, so 'streamrec' is the "
-                   "untrained recommender (identical to 'streamrec-untrained'); nothing is refitted")
+RETRAINING_NOTE = ("no retrain hook was given (--retrain-hook none), so 'streamrec' is the untrained "
+                   "recommender (identical to 'streamrec-untrained'); nothing is refitted")
 
 
 # ============================================================================================
@@ -441,9 +443,7 @@ class StreamrecSystem(System):
             self._remember(event.user_id, self.pos[item])
 
     def scores(self, user_id: str) -> np.ndarray:
-        state = self.states.get(user_id)
-        user = state.unit() if state is not None else None
-        total, _ = self.rec.ranker.score_all(user)
+        total, _ = self.rec.score_all(self.states.get(user_id))
         if self._identity and len(total) == self.n_items:
             return total  # every item indexed up front, in universe order: row == position
         out = np.full(self.n_items, -np.inf, dtype=np.float32)
@@ -468,7 +468,10 @@ class StreamrecSystem(System):
 
     def retrain(self, events_so_far: Sequence[Event]) -> None:
         if self.retrain_hook is not None:
-            self.retrain_hook(self.rec, events_so_far)
+            if "text_vecs" in inspect.signature(self.retrain_hook).parameters:
+                self.retrain_hook(self.rec, events_so_far, text_vecs=self.text_vecs)
+            else:  # a two-argument hook (recommender, events)
+                self.retrain_hook(self.rec, events_so_far)
             self.retrains += 1
 
     def config(self) -> dict:
@@ -899,6 +902,8 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
             info["fit_seconds"] = round(s.fit_seconds, 2)
         if isinstance(s, StreamrecSystem):
             info["retrains"] = s.retrains
+            if getattr(s.retrain_hook, "history", None) is not None:
+                info["retrain_history"] = s.retrain_hook.history
             info["unknown_item_events"] = s.unknown_item_events
             info["items_in_index_at_end"] = len(s.index)
         sys_info[n] = info
@@ -1091,8 +1096,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refit ALS (and streamrec, given --retrain-hook) every N events (default: %(default)s; "
                         "0 = never)")
     p.add_argument("--retrain-hook", default=None, metavar="MODULE:FUNCTION",
-                   help="retrain(recommender, events_so_far) -> None for the 'streamrec' system (default: none; "
-                        "the training code has not landed, so 'streamrec' equals 'streamrec-untrained')")
+                   help="retrain(recommender, events_so_far) -> None for the 'streamrec' system (default: "
+                        "training.trainer.PeriodicRetrainer, what `streamrec train` does; 'none' = no retraining)")
+    p.add_argument("--train-window", type=int, default=20_000,
+                   help="each retrain uses the last N events plus a random sample of older ones (default: %(default)s)")
+    p.add_argument("--train-epochs", type=int, default=None, help="epochs per retrain (default: TrainConfig's)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help="comma-separated systems to run (default: %(default)s)")
     p.add_argument("--item-text", choices=("auto", "catalogue", "history"), default="auto",
@@ -1140,7 +1148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        hook = _load_hook(args.retrain_hook)
+        if args.retrain_hook is None:
+            from .trainer import PeriodicRetrainer, TrainConfig
+
+            tc = TrainConfig() if args.train_epochs is None else TrainConfig(epochs=args.train_epochs)
+            hook = PeriodicRetrainer(tc, window=args.train_window, replay_sample=args.train_window // 2)
+        elif args.retrain_hook.lower() == "none":
+            hook = None
+        else:
+            hook = _load_hook(args.retrain_hook)
     except (ImportError, AttributeError, ValueError) as exc:
         print(f"streamrec evaluate: cannot load --retrain-hook {args.retrain_hook!r}: {exc}", file=sys.stderr)
         return 2

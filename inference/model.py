@@ -1,0 +1,181 @@
+"""A trained model version, applied at scoring time over the frozen encoder's vectors.
+
+What training fits (``training.trainer``) and the workers load (from the registry):
+
+* ``adapter`` ``A`` (dim x dim): users and items are scored in the space ``x -> x A``;
+* ``residuals``: per-item vectors ``r_i`` added in that space for items with enough
+  interactions (the collaborative part the text alone does not carry);
+* ``head`` ``(w, b)`` and the blend ``weights`` (similarity, popularity, head).
+
+A user's score for item ``i`` is then ``w_sim * <unit(u A), unit(v_i A + r_i)> + w_pop *
+pop_i + w_head * sigmoid(w . (u' * v_i') + b)``. User state never changes with the model: it
+stays a decayed sum of *encoder-space* vectors, and the adapter is applied to it when a list
+is made. So a new version needs no migration of user state, and switching versions is a
+reference swap (:meth:`inference.recommender.Recommender.activate`).
+
+Example::
+
+    params = ModelParams.identity(dim=384)          # the untrained model: scores = cosine
+    params.save("registry/v0001/model.npz"); ModelParams.load("registry/v0001/model.npz")
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .index import ItemIndex
+from .ranking import LinearHead, Weights
+
+MODEL_FILE = "model.npz"
+MANIFEST = "manifest.json"
+
+
+def safe_unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; an all-zero row stays zero (it scores 0 with everything)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
+
+
+@dataclass
+class ModelParams:
+    """The learned parts of one version (all optional: absent = the encoder alone)."""
+
+    dim: int
+    adapter: np.ndarray | None = None  # (dim, dim)
+    residual_ids: list[str] = field(default_factory=list)
+    residuals: np.ndarray | None = None  # (len(residual_ids), dim)
+    head_w: np.ndarray | None = None  # (dim,)
+    head_b: float = 0.0
+    weights: Weights = field(default_factory=Weights)
+
+    @classmethod
+    def identity(cls, dim: int, weights: Weights | None = None) -> ModelParams:
+        return cls(dim=dim, weights=weights or Weights())
+
+    @property
+    def is_identity(self) -> bool:
+        return self.adapter is None and not self.residual_ids
+
+    def head(self) -> LinearHead | None:
+        return None if self.head_w is None else LinearHead(np.asarray(self.head_w, np.float32), float(self.head_b))
+
+    def residual_map(self) -> dict[str, np.ndarray]:
+        if self.residuals is None:
+            return {}
+        return {i: self.residuals[k] for k, i in enumerate(self.residual_ids)}
+
+    # -- the transform ----------------------------------------------------------------------
+    def user_vector(self, unit_user: np.ndarray | None) -> np.ndarray | None:
+        """A user's encoder-space unit vector, in this model's scoring space."""
+        if unit_user is None or self.adapter is None:
+            return unit_user
+        out = safe_unit(unit_user @ self.adapter)
+        return out if np.any(out) else None
+
+    def item_vectors(self, ids: list[str], unit_vecs: np.ndarray, residuals: dict[str, np.ndarray]) -> np.ndarray:
+        """Items' encoder-space unit vectors in this model's scoring space (unit rows)."""
+        out = unit_vecs @ self.adapter if self.adapter is not None else np.array(unit_vecs, np.float32)
+        if residuals:
+            for k, item_id in enumerate(ids):
+                r = residuals.get(item_id)
+                if r is not None:
+                    out[k] += r
+        return safe_unit(out)
+
+    # -- files ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        arrays: dict[str, np.ndarray] = {"dim": np.asarray(self.dim),
+                                         "weights": np.asarray(json.dumps(asdict(self.weights)))}
+        if self.adapter is not None:
+            arrays["adapter"] = np.asarray(self.adapter, np.float32)
+        if self.residual_ids:
+            arrays["residual_ids"] = np.asarray(self.residual_ids, dtype=object).astype(str)
+            arrays["residuals"] = np.asarray(self.residuals, np.float32)
+        if self.head_w is not None:
+            arrays["head_w"] = np.asarray(self.head_w, np.float32)
+            arrays["head_b"] = np.asarray(self.head_b, np.float32)
+        tmp = Path(path).with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelParams:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                dim = int(z["dim"])
+                adapter = z["adapter"] if "adapter" in z else None
+                ids = [str(i) for i in z["residual_ids"]] if "residual_ids" in z else []
+                res = z["residuals"] if "residuals" in z else None
+                head_w = z["head_w"] if "head_w" in z else None
+                head_b = float(z["head_b"]) if "head_b" in z else 0.0
+                weights = Weights(**json.loads(str(z["weights"])))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"cannot read model weights {path}: {exc}. The version folder is damaged: "
+                             "retrain, or point the worker at another version") from exc
+        if adapter is not None and adapter.shape != (dim, dim):
+            raise ValueError(f"{path}: adapter is {adapter.shape}, expected ({dim}, {dim})")
+        if res is not None and res.shape != (len(ids), dim):
+            raise ValueError(f"{path}: residuals are {res.shape}, expected ({len(ids)}, {dim})")
+        return cls(dim, adapter, ids, res, head_w, head_b, weights)
+
+
+class ModelSpace:
+    """An item index in a model's scoring space that follows the encoder-space index.
+
+    Built once from the base index (same rows, see :meth:`ItemIndex.layout_copy`), then every
+    catalogue change to the base is applied here too (``ItemIndex.listen``), so popularity and
+    exclusions line up row for row. Building holds the base index's lock: no change can slip
+    between the copy and the subscription.
+    """
+
+    def __init__(self, base: ItemIndex, params: ModelParams) -> None:
+        if params.dim != base.dim:
+            raise ValueError(f"model has {params.dim} dims but the encoder gives {base.dim}: this version was "
+                             "trained for another encoder")
+        self.base = base
+        self.params = params
+        self._residuals = params.residual_map()
+        with base._lock:
+            rows = base.matrix
+            ids = [i if i is not None else "" for i in base._ids[: base._top]]
+            vecs = params.item_vectors(ids, rows, self._residuals) if len(rows) else rows.copy()
+            vecs[~base.alive] = 0.0
+            self.index = base.layout_copy(vecs)
+            base.listen(self._follow)
+
+    def _follow(self, ids: list[str], vecs: np.ndarray | None) -> None:
+        if vecs is None:
+            for item_id in ids:
+                self.index.remove(item_id)
+            return
+        out = self.params.item_vectors(ids, vecs, self._residuals)
+        zero = ~np.any(out, axis=1)
+        if np.any(zero):  # an item whose adapted vector vanished keeps its text direction
+            out[zero] = vecs[zero]
+        self.index.upsert_many(ids, out)
+
+    def close(self) -> None:
+        """Stop following the base index (the version was swapped out)."""
+        self.base.unlisten(self._follow)
+
+
+def read_manifest(version_dir: str | Path) -> dict:
+    path = Path(version_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+
+
+def load_version(version_dir: str | Path) -> tuple[ModelParams, dict]:
+    """A registry version folder's weights and manifest (raises ``ValueError`` with what to do)."""
+    d = Path(version_dir)
+    manifest = read_manifest(d)
+    if manifest.get("status") != "accepted":
+        raise ValueError(f"{d} is {manifest.get('status')!r}, not an accepted version: it must not be served")
+    return ModelParams.load(d / MODEL_FILE), manifest

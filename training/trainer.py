@@ -1,0 +1,392 @@
+"""Fit a model version from interactions: adapter, item residuals, head and blend weights.
+
+The training signal is "a user's history -> the next item they chose". Users' histories are
+built by replaying the events through :meth:`inference.recommender.Recommender.observe`, the
+very update the workers run, so the vectors trained on are the vectors served. Each positive
+event gives one pair (the user's encoder-space vector just before the event, the item).
+
+What is fitted, warm-started from the parent version each time:
+
+1. an adapter ``A`` (dim x dim, starts at identity) and per-item residuals ``r_i`` (items with
+   at least ``min_item_events`` interactions) with a sampled-softmax loss over
+   ``s * <unit(u A), unit(v_i A + r_i)>`` (``s`` a learned scale), L2-pulled towards the parent;
+2. the head ``sigmoid(w . (u' * v') + b)`` by logistic regression against sampled negatives;
+3. the blend weights (popularity, head) by a small grid on a validation slice, measured with
+   the online ranking code (:meth:`Recommender.score_all`).
+
+:func:`evaluate_slice` is the acceptance test a version has to pass (NDCG@k on the most recent
+held-out events, prequentially, against the current version). :class:`PeriodicRetrainer` plugs
+all of it into ``streamrec evaluate`` as its retrain hook.
+
+Example::
+
+    result = train_version(events, item_ids, item_vecs, text_vecs, parent=None, cfg=TrainConfig(epochs=3))
+    result.params.save("model.npz")
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from inference.events import Event
+from inference.index import ItemIndex
+from inference.model import ModelParams
+from inference.ranking import Weights
+from inference.recommender import Recommender, RecommenderConfig
+from inference.user import UserState
+from inference.vectors import top_k
+
+log = logging.getLogger("streamrec.train")
+
+
+@dataclass
+class TrainConfig:
+    """Plain training knobs (all recorded in each version's manifest)."""
+
+    epochs: int = 12
+    patience: int = 2  # stop after this many epochs without a better validation loss
+    batch_size: int = 256
+    lr: float = 2e-3
+    adapter: bool = True  # fit the dim x dim adapter (else identity)
+    residuals: bool = True  # fit per-item residuals
+    negatives: int = 2048  # sampled softmax candidates per batch (all items when the catalogue is smaller)
+    min_item_events: int = 2  # items with fewer interactions get no residual
+    adapter_l2: float = 1e-2  # pull towards the parent's adapter (identity for the first version)
+    residual_l2: float = 1e-3
+    validation: float = 0.1  # tail share of the training events used to pick epochs and weights
+    holdout: float = 0.1  # most recent share of all events: the acceptance slice (never trained on)
+    min_holdout: int = 50
+    popularity_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+    head_grid: tuple[float, ...] = (0.0, 0.25)
+    k: int = 10
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass
+class TrainResult:
+    params: ModelParams
+    curve: list[dict]  # per epoch: {"epoch", "loss", "val_loss"}
+    validation: dict  # chosen weights and the grid's NDCG
+    pairs: int
+    seconds: float
+    config: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------
+# replay: the online update, producing training pairs
+# ------------------------------------------------------------------------------------------
+
+
+def build_index(item_ids: Sequence[str], item_vecs: np.ndarray) -> ItemIndex:
+    index = ItemIndex(item_vecs.shape[1], capacity=max(1024, len(item_ids)))
+    keep = [k for k in range(len(item_ids)) if np.any(item_vecs[k])]
+    if keep:
+        index.upsert_many([item_ids[k] for k in keep], item_vecs[keep])
+    return index
+
+
+def replay_events(rec: Recommender, states: dict[str, UserState], events: Sequence[Event],
+                  text_vecs: dict[str, np.ndarray],
+                  on_event: Callable[[Event, UserState], None] | None = None) -> None:
+    """Apply ``events`` in order with the workers' update (duplicates by event id skipped);
+    ``on_event(event, state_before)`` is called first for each accepted event."""
+    for ev in events:
+        state = states.get(ev.user_id)
+        if state is None:
+            state = states[ev.user_id] = rec.new_state()
+        if state.has_seen(ev.event_id):
+            continue
+        if on_event is not None:
+            on_event(ev, state)
+        tv = text_vecs.get(ev.event_id) if ev.event_id is not None else None
+        rec.observe(state, ev, tv)
+
+
+def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[str, np.ndarray],
+                   update=None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``(user vectors before each positive event, the event's item, the event's position)``
+    for users with history."""
+    rec = Recommender(index, config=RecommenderConfig(update=update) if update else None)
+    users: list[np.ndarray] = []
+    items: list[str] = []
+    where: list[int] = []
+    position = {id(ev): k for k, ev in enumerate(events)}
+
+    def take(ev: Event, state: UserState) -> None:
+        if ev.item_id not in index or rec.config.update.sign(ev.rating) <= 0:
+            return
+        u = state.unit()
+        if u is not None:
+            users.append(u)
+            items.append(ev.item_id)
+            where.append(position[id(ev)])
+
+    replay_events(rec, {}, events, text_vecs, take)
+    U = np.stack(users) if users else np.zeros((0, index.dim), np.float32)
+    return U, items, np.asarray(where, np.int64)
+
+
+# ------------------------------------------------------------------------------------------
+# fitting
+# ------------------------------------------------------------------------------------------
+
+
+def _fit_space(U: np.ndarray, targets: np.ndarray, V: np.ndarray, res_rows: np.ndarray, parent_A: np.ndarray,
+               parent_R: np.ndarray, val: tuple[np.ndarray, np.ndarray], cfg: TrainConfig,
+               progress: bool) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Sampled-softmax fit of (A, R); returns the epoch with the best validation loss."""
+    import torch
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    g = torch.Generator().manual_seed(cfg.seed)
+    Vt = torch.from_numpy(V)
+    n_items, dim = V.shape
+    A0 = torch.from_numpy(parent_A)
+    R0 = torch.from_numpy(parent_R)
+    A = torch.nn.Parameter(A0.clone())
+    R = torch.nn.Parameter(R0.clone())
+    log_s = torch.nn.Parameter(torch.tensor(math.log(20.0)))
+    rows = torch.from_numpy(res_rows)  # item row -> residual row (-1: none)
+    has_res = rows >= 0
+    opt = torch.optim.Adam([p for p, on in ((A, cfg.adapter), (R, cfg.residuals), (log_s, True)) if on], lr=cfg.lr)
+
+    def item_space(idx: torch.Tensor) -> torch.Tensor:
+        x = Vt[idx] @ A
+        r = torch.zeros_like(x)
+        m = has_res[idx]
+        if m.any():
+            r[m] = R[rows[idx][m]]
+        return torch.nn.functional.normalize(x + r, dim=1)
+
+    def batch_loss(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if n_items <= cfg.negatives:
+            cand, labels = torch.arange(n_items), t
+        else:
+            neg = torch.randint(0, n_items, (cfg.negatives,), generator=g)
+            cand, inv = torch.unique(torch.cat([t, neg]), return_inverse=True)
+            labels = inv[: len(t)]
+        uu = torch.nn.functional.normalize(u @ A, dim=1)
+        logits = log_s.exp() * uu @ item_space(cand).T
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    Ut, Tt = torch.from_numpy(U), torch.from_numpy(targets)
+    Uv, Tv = torch.from_numpy(val[0]), torch.from_numpy(val[1])
+    best = (math.inf, parent_A, parent_R, -1)
+    curve: list[dict] = []
+    n = len(Ut)
+    bar = tqdm(range(cfg.epochs), desc="training", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        perm = torch.randperm(n, generator=g)
+        total = 0.0
+        for s in range(0, n, cfg.batch_size):
+            b = perm[s: s + cfg.batch_size]
+            loss = batch_loss(Ut[b], Tt[b])
+            reg = cfg.adapter_l2 * ((A - A0) ** 2).sum() + cfg.residual_l2 * (R ** 2).sum()
+            opt.zero_grad()
+            (loss + reg).backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        with torch.no_grad():
+            val_loss = float(batch_loss(Uv, Tv)) if len(Uv) else float("nan")
+        row = {"epoch": epoch + 1, "loss": round(total / max(n, 1), 5), "val_loss": round(val_loss, 5),
+               "scale": round(float(log_s.exp()), 3)}
+        curve.append(row)
+        log.info("epoch %d/%d: loss %.4f, validation loss %.4f", epoch + 1, cfg.epochs, row["loss"], val_loss)
+        bar.set_postfix_str(f"loss={row['loss']:.3f} val={val_loss:.3f}")
+        if not len(Uv) or val_loss < best[0]:
+            best = (val_loss, A.detach().numpy().copy(), R.detach().numpy().copy(), epoch + 1)
+        elif epoch + 1 - best[3] >= cfg.patience:
+            log.info("validation loss has not improved for %d epochs: keeping epoch %d", cfg.patience, best[3])
+            break
+    bar.close()
+    for row in curve:
+        row["best"] = row["epoch"] == best[3]
+    return best[1].astype(np.float32), best[2].astype(np.float32), curve
+
+
+def _fit_head(U: np.ndarray, targets: np.ndarray, items: np.ndarray, params: ModelParams,
+              cfg: TrainConfig) -> tuple[np.ndarray, float]:
+    """Logistic regression of (u' * v') for the chosen item against one random item."""
+    rng = np.random.default_rng(cfg.seed)
+    users = params.user_vector(U) if params.adapter is not None else U
+    neg = rng.integers(0, len(items), len(targets))
+    x = np.concatenate([users * items[targets], users * items[neg]])
+    y = np.concatenate([np.ones(len(targets)), np.zeros(len(targets))]).astype(np.float32)
+    w, b = np.zeros(x.shape[1], np.float32), 0.0
+    for _ in range(200):  # plain gradient descent: small, convex, deterministic
+        p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
+        grad = p - y
+        w -= 0.5 * (x.T @ grad / len(y) + 1e-3 * w)
+        b -= 0.5 * float(grad.mean())
+    return w.astype(np.float32), float(b)
+
+
+def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: np.ndarray,
+                  text_vecs: dict[str, np.ndarray], *, parent: ModelParams | None = None,
+                  cfg: TrainConfig | None = None, base_weights: Weights | None = None,
+                  progress: bool = False) -> TrainResult:
+    """Fit a new version on ``events`` (in time order), warm-started from ``parent``.
+
+    The last ``cfg.validation`` share of ``events`` picks the best epoch and the blend
+    weights; nothing here sees the acceptance slice (the caller holds it back).
+    """
+    cfg = cfg or TrainConfig()
+    t0 = time.perf_counter()
+    item_ids = [str(i) for i in item_ids]
+    item_vecs = np.asarray(item_vecs, np.float32)
+    dim = item_vecs.shape[1]
+    index = build_index(item_ids, item_vecs)
+    ids = index.ids()
+    V = index.matrix[[index.row(i) for i in ids]].copy() if ids else np.zeros((0, dim), np.float32)
+    pos = {i: k for k, i in enumerate(ids)}
+    cut = int(len(events) * (1.0 - cfg.validation))
+    fit_events, val_events = list(events[:cut]), list(events[cut:])
+    U, items, where = training_pairs(events, index, text_vecs)
+    n_fit = int(np.sum(where < cut))  # pairs come in event order
+    targets = np.asarray([pos[i] for i in items], np.int64)
+    counts = Counter(items[:n_fit])
+    res_ids = sorted(i for i, c in counts.items() if c >= cfg.min_item_events)
+    parent = parent if parent is not None and parent.dim == dim else None
+    parent_A = parent.adapter if parent is not None and parent.adapter is not None else np.eye(dim, dtype=np.float32)
+    parent_res = parent.residual_map() if parent is not None else {}
+    res_ids = sorted(set(res_ids) | {i for i in parent_res if i in pos})
+    res_rows = np.full(len(ids), -1, np.int64)
+    R0 = np.zeros((len(res_ids), dim), np.float32)
+    for k, i in enumerate(res_ids):
+        res_rows[pos[i]] = k
+        if i in parent_res:
+            R0[k] = parent_res[i]
+    base = base_weights or (parent.weights if parent is not None else Weights())
+    if n_fit < 10 or len(ids) < 2:
+        log.warning("only %d training pairs: keeping the parent's parameters", n_fit)
+        params = parent or ModelParams.identity(dim, base)
+        return TrainResult(params, [], {"note": "too few pairs"}, n_fit, time.perf_counter() - t0, asdict(cfg))
+    A, R, curve = _fit_space(U[:n_fit], targets[:n_fit], V, res_rows, parent_A, R0,
+                             (U[n_fit:], targets[n_fit:]), cfg, progress)
+    params = ModelParams(dim, A, list(res_ids), R, weights=replace(base))
+    head_w, head_b = _fit_head(U[:n_fit], targets[:n_fit], params.item_vectors(ids, V, params.residual_map()),
+                               params, cfg)
+    params.head_w, params.head_b = head_w, head_b
+    # blend weights: the grid, scored with the online ranking code on the validation tail
+    grid = [replace(base, popularity=p, head=h) for p in cfg.popularity_grid for h in cfg.head_grid]
+    candidates = {f"pop={w.popularity},head={w.head}": replace(params, weights=w) for w in grid}
+    scores = evaluate_slice(fit_events, val_events, item_ids, item_vecs, text_vecs, candidates, k=cfg.k)
+    best = max(candidates, key=lambda name: (scores[name]["ndcg"], -grid[list(candidates).index(name)].head))
+    chosen = candidates[best] if scores[best]["events"] else params
+    validation = {"chosen": asdict(chosen.weights), "grid": scores}
+    return TrainResult(chosen, curve, validation, n_fit, time.perf_counter() - t0, asdict(cfg))
+
+
+# ------------------------------------------------------------------------------------------
+# measuring: the acceptance slice
+# ------------------------------------------------------------------------------------------
+
+
+def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids: Sequence[str],
+                   item_vecs: np.ndarray, text_vecs: dict[str, np.ndarray],
+                   models: dict[str, ModelParams | None], *, k: int = 10,
+                   config: RecommenderConfig | None = None) -> dict[str, dict]:
+    """NDCG@k / HR@k of each model on ``held_out``, test-then-train, after ``context``.
+
+    User state and popularity are model-independent, so one replay serves every model: for
+    each held-out event each model ranks all items (the user's recent items excluded, as
+    the worker does) with :meth:`Recommender.score_all`, then the event is applied. Repeats
+    (an item already in the user's recent items) are not scored, as in ``streamrec evaluate``.
+    """
+    index = build_index([str(i) for i in item_ids], np.asarray(item_vecs, np.float32))
+    rec = Recommender(index, config=config or RecommenderConfig())
+    prepared = {name: rec.prepare_model(p, name) for name, p in models.items()}
+    states: dict[str, UserState] = {}
+    replay_events(rec, states, context, text_vecs)
+    sums = {name: [0.0, 0.0] for name in models}
+    scored = 0
+
+    def score(ev: Event, state: UserState) -> None:
+        nonlocal scored
+        if ev.item_id not in index or ev.item_id in state.recent_items:
+            return
+        target = index.row(ev.item_id)
+        drop = index.mask_rows(state.recent_items)
+        scored += 1
+        for name, model in prepared.items():
+            total, _ = rec.score_all(state if state.count else None, model)
+            if drop.size:
+                total = total.copy()
+                total[drop] = -np.inf
+            t = total[target]
+            rank = 1.0 + float(np.sum(total > t)) + (float(np.sum(total == t)) - 1.0) / 2.0  # ties: mean rank
+            if rank <= k:
+                sums[name][0] += 1.0 / math.log2(rank + 1)
+                sums[name][1] += 1.0
+    replay_events(rec, states, held_out, text_vecs, score)
+    for model in prepared.values():
+        if model.space is not None:
+            model.space.close()
+    return {name: {"ndcg": round(s[0] / scored, 5) if scored else 0.0,
+                   "hit_rate": round(s[1] / scored, 5) if scored else 0.0, "events": scored}
+            for name, s in sums.items()}
+
+
+def split_holdout(events: Sequence[Event], cfg: TrainConfig) -> tuple[list[Event], list[Event]]:
+    """``(train, held_out)``: the most recent ``cfg.holdout`` share (at least ``min_holdout``)."""
+    n_hold = min(len(events) // 2, max(cfg.min_holdout, int(len(events) * cfg.holdout)))
+    return list(events[: len(events) - n_hold]), list(events[len(events) - n_hold:])
+
+
+# ------------------------------------------------------------------------------------------
+# the evaluation harness's retrain hook
+# ------------------------------------------------------------------------------------------
+
+
+class PeriodicRetrainer:
+    """``streamrec evaluate``'s retrain hook: what the trainer does, inside the replay.
+
+    At every retrain point: take the events since the last point plus a bounded random sample
+    of older ones, hold the most recent share back, train warm-started from the current
+    version, and switch the recommender to it only if it is at least as good on the held-back
+    slice. ``history`` keeps every attempt's numbers.
+    """
+
+    def __init__(self, cfg: TrainConfig | None = None, *, window: int = 20_000, replay_sample: int = 10_000,
+                 progress: bool = False) -> None:
+        self.cfg = cfg or TrainConfig()
+        self.window = window
+        self.replay_sample = replay_sample
+        self.progress = progress
+        self.history: list[dict] = []
+        self._rng = random.Random(self.cfg.seed)
+
+    def __call__(self, rec: Recommender, events_so_far: Sequence[Event],
+                 text_vecs: dict[str, np.ndarray] | None = None) -> None:
+        recent = list(events_so_far[-self.window:])
+        older = events_so_far[: max(0, len(events_so_far) - self.window)]
+        sample = self._rng.sample(list(older), min(self.replay_sample, len(older))) if older else []
+        sample.sort(key=lambda e: e.event_time)
+        events = sample + recent
+        train, held = split_holdout(events, self.cfg)
+        ids = rec.index.ids()
+        vecs = np.stack([rec.index.vector(i) for i in ids]) if ids else np.zeros((0, rec.dim), np.float32)
+        tv = text_vecs or {}
+        parent = rec.params
+        result = train_version(train, ids, vecs, tv, parent=parent, cfg=self.cfg, base_weights=rec.config.weights,
+                               progress=self.progress)
+        scores = evaluate_slice(train, held, ids, vecs, tv, {"candidate": result.params, "current": parent},
+                                k=self.cfg.k, config=rec.config)
+        accepted = scores["candidate"]["ndcg"] >= scores["current"]["ndcg"]
+        version = f"v{len([h for h in self.history if h['accepted']]) + 1}"
+        self.history.append({"at_event": len(events_so_far), "version": version if accepted else None,
+                             "accepted": accepted, "pairs": result.pairs, "seconds": round(result.seconds, 2),
+                             "candidate": scores["candidate"], "current": scores["current"],
+                             "weights": result.validation.get("chosen")})
+        if accepted:
+            rec.use_model(result.params, version)
