@@ -273,7 +273,7 @@ def test_result_json_has_exactly_the_documented_keys(magazine_run, tmp_path):
     for m in off["systems"].values():
         assert set(m) == {"hr@10", "ndcg@10", "mrr", "precision@10", "recall@10", "f1@10", "map@10"}
     p = res["protocol"]
-    assert p["retraining"] is False and "has not landed" in p["retraining_note"]
+    assert p["retraining"] is False and "no retrain hook" in p["retraining_note"]
     assert res["systems"]["streamrec"] == res["systems"]["streamrec-untrained"]
     assert p["systems"]["streamrec-untrained"]["config"]["worker_defaults"] is True
     assert p["limit"] == LIMIT and p["prefix"] is True
@@ -370,3 +370,25 @@ def test_retrain_hook_is_called_on_schedule(encoder):
     assert res["protocol"]["systems"]["streamrec-untrained"]["config"]["recommender"]["weights"]["popularity"] == Weights().popularity
     assert res["systems"]["streamrec"] != res["systems"]["streamrec-untrained"]
 
+
+
+@needs_shared
+def test_periodic_retrainer_trains_checks_and_switches_versions(encoder):
+    """The trainer's own code as the evaluation's hook: each retrain is measured on the newest
+    events it held back, and the recommender only switches to versions that passed."""
+    from training.trainer import PeriodicRetrainer, TrainConfig
+
+    mi = load_dataset("musical_instruments")
+    hook = PeriodicRetrainer(TrainConfig(epochs=3, min_holdout=30), window=2000, replay_sample=500)
+    res = evaluate(mi, encoder=encoder, retrain_hook=hook,
+                   cfg=EvalConfig(limit=1500, retrain_every=500, systems=("streamrec", "streamrec-untrained"),
+                                  offline=False))
+    history = res["protocol"]["systems"]["streamrec"]["retrain_history"]
+    assert [h["at_event"] for h in history] == [500, 1000, 1500]
+    for h in history:
+        assert h["candidate"]["events"] == h["current"]["events"] > 0
+        assert h["accepted"] == (h["candidate"]["ndcg"] >= h["current"]["ndcg"])
+    accepted = [h["version"] for h in history if h["accepted"]]
+    assert accepted == [f"v{k + 1}" for k in range(len(accepted))]
+    if accepted and history[-1]["at_event"] < 1500:
+        assert res["systems"]["streamrec"] != res["systems"]["streamrec-untrained"]
