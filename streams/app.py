@@ -77,6 +77,7 @@ class WorkerConfig:
     fetch_wait_ms: int = 10
     commit_interval_s: float = 1.0
     producer_batch_bytes: int | None = None  # Kafka batch.size; None: Faust's default (16 KiB)
+    replication_factor: int = 1  # of the topics the worker creates (changelog included)
     loglevel: str = "info"
 
 
@@ -149,6 +150,7 @@ class StreamrecWorker:
             store=store_url(cfg.store),
             datadir=str(cfg.state_dir / cfg.app_id),
             topic_partitions=cfg.partitions,
+            topic_replication_factor=cfg.replication_factor,
             topic_allow_declare=True,
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=cfg.session_timeout_s,

@@ -22,6 +22,12 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def add_replication_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--replication-factor", type=int, default=int(os.environ.get("STREAMREC_REPLICATION_FACTOR", "1")),
+                   help="replicas of each topic streamrec creates, changelogs included (env "
+                        "STREAMREC_REPLICATION_FACTOR; default %(default)s; 3 on a three-broker cluster)")
+
+
 def add_worker_args(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     p.add_argument("--model", type=Path, default=default_model_dir(),
@@ -31,6 +37,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--app-id", default=env("STREAMREC_APP_ID", "streamrec"),
                    help="consumer group and table namespace; workers with the same id share the load")
     p.add_argument("--partitions", type=int, default=int(env("STREAMREC_PARTITIONS", "6")))
+    add_replication_arg(p)
     p.add_argument("--state-dir", type=Path, default=default_state_dir())
     p.add_argument("--store", default=env("STREAMREC_STORE", "auto"), choices=["auto", "rocksdb", "memory"])
     p.add_argument("--web-host", default=env("STREAMREC_WEB_HOST", "127.0.0.1"))
@@ -78,6 +85,7 @@ def worker_config(args: argparse.Namespace):
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, loglevel=args.loglevel,
         producer_batch_bytes=args.producer_batch_bytes, registry=args.registry.expanduser() if args.registry else None,
         retrain_every_events=args.retrain_every_events, retrain_interval_s=args.retrain_interval_s,
+        replication_factor=args.replication_factor,
     )
 
 
@@ -90,7 +98,7 @@ def cmd_worker(args) -> int:
         print(f"error: no exported encoder at {cfg.model_dir}: run `streamrec export-onnx --out {cfg.model_dir}` "
               "or pass --model DIR", file=sys.stderr)
         return 2
-    ensure_topics(cfg.kafka, cfg.topics, cfg.partitions)
+    ensure_topics(cfg.kafka, cfg.topics, cfg.partitions, replication=cfg.replication_factor)
     run_worker(cfg)
     return 0
 
@@ -125,7 +133,8 @@ def cmd_broker(args) -> int:
 def cmd_topics(args) -> int:
     from .topics import Topics, ensure_topics
 
-    created = ensure_topics(kafka_from_args(args), Topics(args.prefix), args.partitions)
+    created = ensure_topics(kafka_from_args(args), Topics(args.prefix), args.partitions,
+                            replication=args.replication_factor)
     print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
     return 0
 
@@ -207,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topics", help="create the topics streamrec uses (idempotent)")
     add_kafka_args(p)
     p.add_argument("--partitions", type=int, default=int(os.environ.get("STREAMREC_PARTITIONS", "6")))
+    add_replication_arg(p)
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("replay", help="stream a dataset (name or path) into the topics in event-time order")
