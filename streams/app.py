@@ -107,8 +107,7 @@ class StreamrecWorker:
         self.batcher = MicroBatcher(self.encoder.encode, max_batch=cfg.batch_max, max_wait_ms=cfg.batch_wait_ms,
                                     max_queue=cfg.batch_queue,
                                     on_batch=lambda n, _s: self.metrics.batch_size.observe(n))
-        self.index = ItemIndex(self.encoder.dim, device="cuda" if self.encoder.info.provider.startswith("CUDA")
-                               else "cpu")
+        self.index = ItemIndex(self.encoder.dim, device=_index_device(self.encoder.info.provider))
         self.recommender = Recommender(self.index, config=cfg.recommender)
         self.models = ModelFollower(self.recommender, cfg.registry, on_swap=self._on_swap)
         self._accepted_since_swap = 0
@@ -400,6 +399,22 @@ class _as_current:
 
     def __exit__(self, *exc):
         _faust_streams._current_event.reset(self.token)
+
+
+def _index_device(provider: str) -> str:
+    """Score on the GPU only when the encoder runs there *and* torch can reach it (the CPU
+    torch build that `.ci/setup` installs cannot, even on a GPU host)."""
+    if not provider.startswith("CUDA"):
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    if not torch.cuda.is_available():
+        log.warning("the encoder runs on CUDA but this torch build has no CUDA: scoring stays on the CPU "
+                    "(install a CUDA torch build to score on the GPU too)")
+        return "cpu"
+    return "cuda"
 
 
 def build_worker(cfg: WorkerConfig) -> StreamrecWorker:
