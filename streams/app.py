@@ -31,6 +31,7 @@ from inference.recommender import Recommender, RecommenderConfig
 from inference.user import UserState
 
 from . import transport as _transport  # registers the "streamrec://" transport
+from .api import ApiConfig, register_api
 from .catalog import CatalogueFollower
 from .metrics import Metrics
 from .records import dead_letter_record, dumps, recommendation_record
@@ -61,6 +62,7 @@ class WorkerConfig:
     unknown_items: str = "dead-letter"  # dead-letter | accept (text-only signal, item remembered as seen)
     min_interval_ms: float = 0.0  # per-user: publish at most one list per interval (0: after every event)
     explain: bool = False  # include score parts in output records
+    api: ApiConfig = field(default_factory=ApiConfig)  # HTTP API limits and token (streams.api)
     # Batching and Kafka timing (see README "Timeouts"):
     chunk_size: int = 64
     chunk_wait_s: float = 0.005
@@ -174,9 +176,11 @@ class StreamrecWorker:
 
         @app.page("/health")
         async def health_view(web, request):
-            ready = self.catalogue.ready.is_set()
+            ready = self.serving_ready()
             return web.json({"ready": ready, "items": len(self.index), "model_version": self.model_version},
                             status=200 if ready else 503)
+
+        self.api = register_api(self, app, cfg.api)
 
         @app.on_before_shutdown.connect
         async def _drain(app_, **kwargs):
@@ -184,6 +188,10 @@ class StreamrecWorker:
 
         self._process_agent = process
         return app
+
+    def serving_ready(self) -> bool:
+        """True once lists can be served: the catalogue's first pass is loaded."""
+        return self.catalogue.ready.is_set()
 
     # -- processing ----------------------------------------------------------------------
     async def _encode_many(self, texts: list[str]):
@@ -245,9 +253,11 @@ class StreamrecWorker:
                                     "--unknown-items accept", msg, "item_id")
             return
         self.recommender.observe(state, event, text_vec)
-        rec = self.recommender.recommend(state)
+        rec = self.recommender.recommend(state, user_id=event.user_id)
+        explanations = self.recommender.explain(state, rec) if self.cfg.explain else None
         record = recommendation_record(event, rec, model_version=self.model_version, source=_source(msg),
-                                       received_ts=msg.timestamp, explain=self.cfg.explain)
+                                       received_ts=msg.timestamp, explain=self.cfg.explain,
+                                       explanations=explanations)
         # Publish before the state write: a crash between the two re-processes the event
         # and publishes again (at-least-once) instead of losing the list.
         await self._publish(event.user_id, record)
