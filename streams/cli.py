@@ -71,6 +71,8 @@ def worker_config(args: argparse.Namespace):
     from .app import WorkerConfig
     from .topics import Topics
 
+    if not 0.0 <= args.text_weight <= 1.0:
+        raise ValueError(f"--text-weight must be within 0..1, not {args.text_weight}")
     return WorkerConfig(
         kafka=kafka_from_args(args), topics=Topics(args.prefix), app_id=args.app_id, partitions=args.partitions,
         model_dir=args.model, variant=args.variant, device=args.device, max_tokens=args.max_tokens,
@@ -90,7 +92,11 @@ def cmd_worker(args) -> int:
     from .app import run_worker
     from .topics import ensure_topics
 
-    cfg = worker_config(args)
+    try:
+        cfg = worker_config(args)
+    except ValueError as exc:  # e.g. --explore-share outside 0..1
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not (cfg.model_dir / "manifest.json").is_file():
         print(f"error: no exported encoder at {cfg.model_dir}: run `streamrec export-onnx --out {cfg.model_dir}` "
               "or pass --model DIR", file=sys.stderr)

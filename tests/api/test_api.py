@@ -291,3 +291,15 @@ def test_unknown_route_and_wrong_method_are_json(pair):
     assert r.status == 404 and r.body["error"] == "not_found"
     r = call(pair.a, "DELETE", "/recommend")
     assert r.status == 405 and r.body["error"] == "method_not_allowed" and "POST" in r.headers["Allow"]
+
+
+def test_a_forwarded_request_is_never_forwarded_again(pair):
+    """A worker that gets a forwarded request for a user it does not own (the assignment moved)
+    answers 503 instead of bouncing it back: no forwarding loops between two workers."""
+    user = users_on(pair, pair.b, 1)[0]
+    r = call(pair.a, "GET", f"/users/{user}/recommendations", headers={"X-Streamrec-Hop": url(pair.b)})
+    assert r.status == 503 and r.body["error"] == "not_ready" and r.headers["Retry-After"] == "1"
+    r = call(pair.a, "POST", "/recommend", {"text": "strings", "user_id": user}, headers={"X-Streamrec-Hop": "x"})
+    assert r.status == 503
+    mine = users_on(pair, pair.a, 1)[0]  # the owner itself answers a forwarded request
+    assert call(pair.a, "GET", f"/users/{mine}/recommendations", headers={"X-Streamrec-Hop": "x"}).status == 200
