@@ -117,10 +117,14 @@ class ScoredItem:
     score: float
     parts: dict[str, float]
     driver: str  # the part that contributed most: similarity | popularity | head
+    explored: bool = False  # placed by the exploration policy (inference.explore), not by its score
 
     def to_json(self) -> dict:
-        return {"item_id": self.item_id, "score": round(self.score, 6), "driver": self.driver,
-                "parts": {k: round(v, 6) for k, v in self.parts.items()}}
+        out = {"item_id": self.item_id, "score": round(self.score, 6), "driver": self.driver,
+               "parts": {k: round(v, 6) for k, v in self.parts.items()}}
+        if self.explored:
+            out["explored"] = True
+        return out
 
 
 @dataclass

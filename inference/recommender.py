@@ -11,22 +11,33 @@ Example::
     rec.observe(state, event)                 # click: no text needed
     rec.recommend(state).item_ids             # up to 5 ids, seen ones excluded
 
+Besides the per-event list, the same object answers the HTTP API (``streams.api``): a
+natural-language request ranked alone or blended with a user's vector
+(:meth:`Recommender.recommend_for_request`), items similar to an item
+(:meth:`Recommender.similar`) and why an item is on a list (:meth:`Recommender.explain`).
+All scoring goes through the active model version, so whatever the model applies at
+scoring time applies to every one of them.
+
 A trained version (:class:`inference.model.ModelParams`) is switched in with
 :meth:`Recommender.prepare_model` (the slow part, safe on a worker thread) and
 :meth:`Recommender.activate` (a reference swap, done between two events). User state is
-model-independent, so it stays valid across versions.
+model-independent (encoder space), so it stays valid across versions.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .events import Event
+from .explore import ExploreConfig, Explorer
 from .index import ItemIndex
 from .model import ModelParams, ModelSpace
-from .ranking import LinearHead, Popularity, Ranker, Recommendation, Weights
+from .ranking import LinearHead, Popularity, Ranker, Recommendation, ScoredItem, Weights
 from .user import UpdateConfig, UserState, apply_event
+from .vectors import as_unit
 
 
 @dataclass
@@ -36,6 +47,23 @@ class RecommenderConfig:
     popularity_half_life_s: float = 14 * 86400.0
     update: UpdateConfig = field(default_factory=UpdateConfig)
     weights: Weights = field(default_factory=Weights)
+    #: Share of a text request in the query when it is blended with a user's vector
+    #: (``POST /recommend`` with a user id): 1 = the text alone, 0 = the user alone.
+    text_weight: float = 0.5
+    explore: ExploreConfig = field(default_factory=ExploreConfig)  # off by default
+
+
+@dataclass
+class Query:
+    """The unit vector a list is ranked by, and how much of it is the user and the text.
+
+    ``vector = user_coef * user_unit + text_coef * text_unit`` (None: no signal, cold start).
+    """
+
+    vector: np.ndarray | None
+    user_coef: float = 0.0
+    text_coef: float = 0.0
+    text: np.ndarray | None = None
 
 
 @dataclass
@@ -46,6 +74,10 @@ class ActiveModel:
     params: ModelParams | None  # None: the encoder alone
     space: ModelSpace | None
     ranker: Ranker
+
+    def to_space(self, vector: np.ndarray | None) -> np.ndarray | None:
+        """An encoder-space query (unit vector) in this version's scoring space."""
+        return self.params.user_vector(vector) if self.params is not None else vector
 
 
 class Recommender:
@@ -59,7 +91,9 @@ class Recommender:
         self.popularity = popularity or Popularity(self.config.popularity_half_life_s)
         self.active = ActiveModel(version, None, None,
                                   Ranker(index, self.popularity, head=head, weights=self.config.weights))
+        self.explorer = Explorer(self.config.explore) if self.config.explore.enabled else None
 
+    # -- model versions ------------------------------------------------------------------
     @property
     def ranker(self) -> Ranker:
         return self.active.ranker
@@ -95,9 +129,7 @@ class Recommender:
 
     def user_vector(self, state: UserState | None, model: ActiveModel | None = None) -> np.ndarray | None:
         """The user's vector in the scoring space of ``model`` (default: the active one)."""
-        model = model or self.active
-        user = state.unit() if state is not None else None
-        return model.params.user_vector(user) if model.params is not None else user
+        return (model or self.active).to_space(state.unit() if state is not None else None)
 
     def score_all(self, state: UserState | None, model: ActiveModel | None = None):
         """``(total, parts)`` over every index row for a user, as :meth:`recommend` ranks them."""
@@ -133,13 +165,169 @@ class Recommender:
         sign = self.config.update.sign(event.rating)
         if sign > 0:  # a pan is an interaction, but not a vote for popularity
             self.popularity.add(event.item_id, event.event_time, sign, self.index)
+        if self.explorer is not None:
+            self.explorer.clicked(event.user_id, event.item_id)  # the reward for a list served earlier
         return state
 
-    def recommend(self, state: UserState | None, n: int | None = None) -> Recommendation:
-        """Top-N for a user (None or no history: the popularity list, marked cold start)."""
+    def recommend(self, state: UserState | None, n: int | None = None, *,
+                  user_id: str | None = None) -> Recommendation:
+        """Top-N for a user (None or no history: the popularity list, marked cold start).
+
+        With exploration on (``config.explore.share > 0``) the last slots go to the policy's
+        picks (``ScoredItem.explored``) and the list counts as served to ``user_id``: a later
+        event of that user on one of its items is the policy's reward.
+        """
+        n = n or self.config.top_n
         model = self.active  # one version for the whole list, even if a swap lands meanwhile
         user = self.user_vector(state, model)
-        exclude = state.recent_items if (state is not None and self.config.exclude_seen) else ()
-        rec = model.ranker.recommend(user, n or self.config.top_n, exclude=exclude)
+        exclude = self._exclude(state)
+        k = self.explorer.slots(n) if self.explorer is not None else 0
+        if not k:
+            rec = model.ranker.recommend(user, n, exclude=exclude)
+            rec.model_version = model.version
+            return rec
+        wide = model.ranker.recommend(user, n - k + self.config.explore.pool, exclude=exclude)
+        keep, rest = wide.items[: n - k], wide.items[n - k:]
+        by_id = {it.item_id: it for it in rest}
+        picked = self.explorer.pick([it.item_id for it in rest], k)
+        explored = [ScoredItem(i, by_id[i].score, by_id[i].parts, by_id[i].driver, explored=True) for i in picked]
+        self.explorer.explored += len(explored)
+        rec = Recommendation(keep + explored, cold_start=wide.cold_start, model_version=model.version)
+        self.explorer.shown(user_id, rec.item_ids)
+        return rec
+
+    # -- requests from the API -----------------------------------------------------------
+    def query(self, state: UserState | None, text_vec: np.ndarray | None = None,
+              text_weight: float | None = None) -> Query:
+        """What a request is ranked by: the user's vector, the text's, or their blend.
+
+        The blend is ``(1 - w) * user + w * text`` (both unit vectors), renormalised; ``w``
+        is ``text_weight`` or ``config.text_weight``. A user and a text that cancel out
+        exactly leave the text alone.
+        """
+        user = state.unit() if state is not None else None
+        if text_vec is None or not np.any(text_vec):
+            return Query(user, 1.0 if user is not None else 0.0)
+        text = as_unit(np.asarray(text_vec, dtype=np.float32), what="request text vector")
+        w = self.config.text_weight if text_weight is None else float(text_weight)
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"text weight must be within 0..1, not {w}")
+        if user is None or w >= 1.0:
+            return Query(text, 0.0, 1.0, text)
+        q = (1.0 - w) * user + w * text
+        norm = float(np.linalg.norm(q))
+        if norm < 1e-6:
+            return Query(text, 0.0, 1.0, text)
+        return Query((q / norm).astype(np.float32), (1.0 - w) / norm, w / norm, text)
+
+    def recommend_for_vector(self, vector: np.ndarray | None, n: int | None = None, *,
+                             exclude: Iterable[str] = ()) -> Recommendation:
+        """Top-N for any query vector in encoder space (None: the cold-start list). No exploration."""
+        model = self.active
+        rec = model.ranker.recommend(model.to_space(vector), n or self.config.top_n, exclude=exclude)
         rec.model_version = model.version
         return rec
+
+    def recommend_for_request(self, state: UserState | None, text_vec: np.ndarray | None,
+                              n: int | None = None, *, text_weight: float | None = None) -> Recommendation:
+        """A natural-language request, alone (``state`` None) or blended with a user's vector;
+        the user's seen items are excluded as in their own list."""
+        q = self.query(state, text_vec, text_weight)
+        return self.recommend_for_vector(q.vector, n, exclude=self._exclude(state))
+
+    def similar(self, item_id: str, n: int | None = None) -> list[ScoredItem]:
+        """The ``n`` items nearest to ``item_id`` (``KeyError`` if it is not in the catalogue)."""
+        index = self.active.ranker.index  # the active version's item space
+        vec = index.vector(item_id)
+        hits = index.search(vec, n or self.config.top_n, exclude=[item_id])[0]
+        return [ScoredItem(i, s, {"similarity": s}, "similarity") for i, s in hits]
+
+    def explain(self, state: UserState | None, rec: Recommendation, *, text_vec: np.ndarray | None = None,
+                text_weight: float | None = None, top: int = 3) -> list[dict]:
+        """Why each item of ``rec`` is there, one dict per item in list order.
+
+        * ``history``: the user's recent items that added most to the item's similarity
+          part, by their share of the dot product: for history item ``h`` with signed,
+          decayed weight ``a_h`` (``UserState.recent_weights``) the share is
+          ``w_sim * c_user * a_h * <v_h, v_item> / |user vector|``. Approximation: a review
+          event added a mix of its text and the item's vector; the text is not kept, so
+          the item's vector stands in for the whole event;
+        * ``request``: the text request's share (``w_sim * c_text * <t, v_item>``);
+        * ``similarity_other``: what is left of the similarity part: review texts, events
+          older than the recent-items window, catalogue vectors that changed since;
+        * ``moved``: places each non-similarity part (popularity, head) moved the item up
+          (negative: down) compared to the ranking without that part.
+
+        Must be called with the same state and request as the list (the ranking is
+        recomputed here, so it costs one more scoring pass).
+        """
+        q = self.query(state, text_vec, text_weight)
+        model = self.active
+        adapter = model.params.adapter if model.params is not None else None
+
+        def lin(x: np.ndarray) -> np.ndarray:  # encoder space -> the version's space (before normalising)
+            return x @ adapter if adapter is not None else x
+        qv, s = q.vector, 1.0
+        if qv is not None and adapter is not None:
+            raw = lin(qv)
+            s = 1.0 / max(float(np.linalg.norm(raw)), 1e-12)
+            qv = (raw * s).astype(np.float32)
+        total, parts = model.ranker.score_all(qv)
+        space = model.ranker.index  # same rows as self.index
+        eligible = np.isfinite(total)
+        drop = self.index.mask_rows(self._exclude(state))
+        if drop.size:
+            eligible[drop] = False
+        hist_ids: list[str] = []
+        hist_w: list[float] = []
+        hist_rows: list[int] = []
+        norm = float(np.linalg.norm(state.vector)) if state is not None else 0.0
+        if state is not None and q.user_coef and norm > 0:
+            for h, a in state.item_weights().items():
+                row = self.index._row.get(h)
+                if row is not None and math.isfinite(a) and a != 0.0:
+                    hist_ids.append(h)
+                    hist_w.append(a)
+                    hist_rows.append(row)
+        w_sim = model.ranker.weights.similarity
+        scale = np.asarray(hist_w, dtype=np.float32) * np.float32(w_sim * s * q.user_coef / norm) if hist_ids else None
+        hist_vecs = lin(self.index.matrix[hist_rows]) if hist_ids else None
+        out = []
+        for pos, it in enumerate(rec.items, start=1):
+            entry: dict = {"item_id": it.item_id, "rank": pos, "score": round(it.score, 6), "driver": it.driver,
+                           "parts": {k: round(v, 6) for k, v in it.parts.items()}}
+            if it.explored:
+                entry["explored"] = True
+            row = self.index._row.get(it.item_id)
+            if row is None:  # removed from the catalogue since the list was made
+                out.append(entry)
+                continue
+            v = space.matrix[row]
+            explained = 0.0
+            if scale is not None:
+                contrib = scale * (hist_vecs @ v)
+                explained += float(contrib.sum())
+                best = [j for j in np.argsort(-contrib, kind="stable")[:top] if contrib[j] > 0]
+                entry["history"] = [{"item_id": hist_ids[j], "weight": round(hist_w[j], 6),
+                                     "contribution": round(float(contrib[j]), 6)} for j in best]
+            if q.text is not None and q.text_coef:
+                request = float(w_sim * s * q.text_coef * (lin(q.text) @ v))
+                entry["request"] = round(request, 6)
+                explained += request
+            if "similarity" in parts:
+                entry["similarity_other"] = round(float(parts["similarity"][row]) - explained, 6)
+            if q.vector is not None:
+                moved = {}
+                mine = total[row]
+                rank_with = int(np.count_nonzero(total[eligible] > mine))
+                for name in ("popularity", "head"):
+                    if name in parts:
+                        without = (total - parts[name])[eligible]
+                        moved[name] = int(np.count_nonzero(without > mine - parts[name][row])) - rank_with
+                if moved:
+                    entry["moved"] = moved
+            out.append(entry)
+        return out
+
+    def _exclude(self, state: UserState | None) -> list[str] | tuple:
+        return state.recent_items if (state is not None and self.config.exclude_seen) else ()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: adds each recent item's signed weight (format 1 still reads)
 _MAGIC = b"SU"
 _HEAD = struct.Struct("<2sBHIdd")  # magic, format, dim, count, last_time, weight
 
@@ -56,6 +56,10 @@ class UserState:
     weight: float = 0.0  # decayed total |weight|: how much evidence the vector carries
     recent_items: list[str] = field(default_factory=list)
     recent_events: list[str] = field(default_factory=list)
+    #: Per entry of ``recent_items``: the signed, decayed weight that item's events carry in
+    #: ``vector`` as of ``last_time`` (what explanations split a score by). NaN: unknown
+    #: (the state was written by a format-1 build).
+    recent_weights: list[float] = field(default_factory=list)
 
     @classmethod
     def empty(cls, dim: int) -> UserState:
@@ -75,9 +79,15 @@ class UserState:
     def has_seen(self, event_id: str | None) -> bool:
         return event_id is not None and event_id in self.recent_events
 
+    def item_weights(self) -> dict[str, float]:
+        """``{item_id: weight}`` of the recent items (aligned lists, see ``recent_weights``)."""
+        weights = self.recent_weights if len(self.recent_weights) == len(self.recent_items) else \
+            [math.nan] * len(self.recent_items)
+        return dict(zip(self.recent_items, weights))
+
     # -- bytes ---------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """Header, float32 vector, then length-prefixed UTF-8 ids (no JSON floats)."""
+        """Header, float32 vector, length-prefixed UTF-8 ids, then float32 item weights (no JSON)."""
         parts = [
             _HEAD.pack(_MAGIC, STATE_FORMAT, self.dim, self.count, self.last_time, self.weight),
             np.ascontiguousarray(self.vector, dtype="<f4").tobytes(),
@@ -88,6 +98,9 @@ class UserState:
                 raw = s.encode("utf-8")
                 parts.append(struct.pack("<H", len(raw)))
                 parts.append(raw)
+        weights = self.item_weights()
+        parts.append(struct.pack("<H", len(self.recent_items)))
+        parts.append(np.asarray([weights[i] for i in self.recent_items], dtype="<f4").tobytes())
         return b"".join(parts)
 
     @classmethod
@@ -98,8 +111,8 @@ class UserState:
         magic, fmt, dim, count, last_time, weight = _HEAD.unpack_from(data, 0)
         if magic != _MAGIC:
             raise ValueError("bytes are not a streamrec user state")
-        if fmt != STATE_FORMAT:
-            raise ValueError(f"user state format {fmt} is not supported (this build reads {STATE_FORMAT})")
+        if fmt not in (1, STATE_FORMAT):
+            raise ValueError(f"user state format {fmt} is not supported (this build reads 1..{STATE_FORMAT})")
         pos = _HEAD.size
         vector = np.frombuffer(data, dtype="<f4", count=dim, offset=pos).astype(np.float32)
         pos += 4 * dim
@@ -114,7 +127,12 @@ class UserState:
                 ids.append(data[pos : pos + k].decode("utf-8"))
                 pos += k
             lists.append(ids)
-        return cls(vector, last_time, count, weight, lists[0], lists[1])
+        weights = [math.nan] * len(lists[0])
+        if fmt >= 2:
+            (n,) = struct.unpack_from("<H", data, pos)
+            pos += 2
+            weights = np.frombuffer(data, dtype="<f4", count=n, offset=pos).astype(float).tolist()
+        return cls(vector, last_time, count, weight, lists[0], lists[1], weights)
 
 
 def event_vector(
@@ -162,19 +180,26 @@ def apply_event(
     not depend on arrival order beyond float rounding.
     """
     vec, weight = event_vector(kind, item_vec, text_vec, rating, config)
+    weights = state.item_weights()
+    added = 0.0  # this event's weight as of the state's (new) last_time
     if vec is not None and weight != 0.0:
         dt = event_time - state.last_time
         if state.count == 0 or dt >= 0:
             decay = 0.5 ** (dt / config.half_life_s) if state.count else 0.0
             state.vector = (state.vector * decay + weight * vec).astype(np.float32)
             state.weight = state.weight * decay + abs(weight)
+            if decay != 1.0:
+                weights = {k: w * decay for k, w in weights.items()}
+            added = weight
         else:
             late = 0.5 ** (-dt / config.half_life_s)
             state.vector = (state.vector + late * weight * vec).astype(np.float32)
             state.weight += late * abs(weight)
+            added = late * weight
     state.last_time = max(state.last_time, event_time) if state.count else event_time
     state.count += 1
     _remember(state.recent_items, item_id, config.recent_items)
+    state.recent_weights = [weights.get(i, 0.0) + (added if i == item_id else 0.0) for i in state.recent_items]
     if event_id is not None:
         _remember(state.recent_events, event_id, config.recent_events)
     return state

@@ -32,6 +32,7 @@ from inference.recommender import Recommender, RecommenderConfig
 from inference.user import UserState
 
 from . import transport as _transport  # registers the "streamrec://" transport
+from .api import ApiConfig, register_api
 from .catalog import CatalogueFollower
 from .metrics import Metrics
 from .models import ModelFollower
@@ -66,6 +67,7 @@ class WorkerConfig:
     registry: Path | None = None  # model registry shared with the trainer (None: serve the encoder alone)
     retrain_every_events: int = 0  # ask the trainer for a new version after N accepted events (0: never)
     retrain_interval_s: float = 0.0  # ... or after this long with at least one accepted event (0: never)
+    api: ApiConfig = field(default_factory=ApiConfig)  # HTTP API limits and token (streams.api)
     # Batching and Kafka timing (see README "Timeouts"):
     chunk_size: int = 64
     chunk_wait_s: float = 0.005
@@ -220,6 +222,8 @@ class StreamrecWorker:
             return web.json({"ready": ready, "items": len(self.index), "model_version": self.model_version},
                             status=200 if ready else 503)
 
+        self.api = register_api(self, app, cfg.api)
+
         @app.on_before_shutdown.connect
         async def _drain(app_, **kwargs):
             await self._flush_pending(force=True)
@@ -287,10 +291,11 @@ class StreamrecWorker:
                                     "--unknown-items accept", msg, "item_id")
             return
         self.recommender.observe(state, event, text_vec)
-        rec = self.recommender.recommend(state)
+        rec = self.recommender.recommend(state, user_id=event.user_id)
+        explanations = self.recommender.explain(state, rec) if self.cfg.explain else None
         record = recommendation_record(event, rec, model_version=self.version_label(rec.model_version),
-                                       source=_source(msg),
-                                       received_ts=msg.timestamp, explain=self.cfg.explain)
+                                       source=_source(msg), received_ts=msg.timestamp, explain=self.cfg.explain,
+                                       explanations=explanations)
         # Publish before the state write: a crash between the two re-processes the event
         # and publishes again (at-least-once) instead of losing the list.
         await self._publish(event.user_id, record)

@@ -47,7 +47,6 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unknown-items", default="dead-letter", choices=["dead-letter", "accept"])
     p.add_argument("--min-interval-ms", type=float, default=0.0,
                    help="publish at most one list per user per interval (0: after every event)")
-    p.add_argument("--explain", action="store_true", help="include score parts in output records")
     p.add_argument("--registry", type=Path, default=Path(env("STREAMREC_REGISTRY")) if env("STREAMREC_REGISTRY") else None,
                    help="model registry shared with `streamrec train` (env STREAMREC_REGISTRY): published versions "
                         "are hot-swapped in; without it the worker serves the encoder alone (v0)")
@@ -55,6 +54,16 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                    help="ask the trainer for a new version after N accepted events on this worker (0: never)")
     p.add_argument("--retrain-interval-s", type=float, default=float(env("STREAMREC_RETRAIN_INTERVAL_S", "0")),
                    help="... or after this many seconds with at least one accepted event (0: never)")
+    p.add_argument("--explain", action="store_true",
+                   help="include score parts and contributing history items in output records")
+    p.add_argument("--explore-share", type=float, default=0.0,
+                   help="share of each list's slots given to exploration (0..1; default 0: off)")
+    p.add_argument("--explore-policy", default="thompson", choices=["thompson", "epsilon"],
+                   help="exploration policy: Thompson sampling or epsilon-greedy (default %(default)s)")
+    p.add_argument("--explore-epsilon", type=float, default=0.1,
+                   help="epsilon policy: chance an exploration slot takes a random candidate (default %(default)s)")
+    p.add_argument("--text-weight", type=float, default=0.5,
+                   help="API: share of a text request when blended with a user's vector (0..1, default %(default)s)")
     p.add_argument("--session-timeout", type=float, default=float(env("STREAMREC_SESSION_TIMEOUT", "10")),
                    help="consumer-group session timeout, seconds (a group join takes about half of it on Tansu)")
     p.add_argument("--heartbeat", type=float, default=float(env("STREAMREC_HEARTBEAT", "3")))
@@ -69,17 +78,23 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
 
 
 def worker_config(args: argparse.Namespace):
+    from inference.explore import ExploreConfig
     from inference.recommender import RecommenderConfig
     from inference.user import UpdateConfig
 
     from .app import WorkerConfig
     from .topics import Topics
 
+    if not 0.0 <= args.text_weight <= 1.0:
+        raise ValueError(f"--text-weight must be within 0..1, not {args.text_weight}")
     return WorkerConfig(
         kafka=kafka_from_args(args), topics=Topics(args.prefix), app_id=args.app_id, partitions=args.partitions,
         model_dir=args.model, variant=args.variant, device=args.device, max_tokens=args.max_tokens,
         state_dir=args.state_dir, store=args.store, web_host=args.web_host, web_port=args.web_port,
-        recommender=RecommenderConfig(top_n=args.top_n, update=UpdateConfig(half_life_s=args.half_life_days * 86400)),
+        recommender=RecommenderConfig(top_n=args.top_n, update=UpdateConfig(half_life_s=args.half_life_days * 86400),
+                                      text_weight=args.text_weight,
+                                      explore=ExploreConfig(share=args.explore_share, policy=args.explore_policy,
+                                                            epsilon=args.explore_epsilon)),
         unknown_items=args.unknown_items, min_interval_ms=args.min_interval_ms, explain=args.explain,
         session_timeout_s=args.session_timeout, heartbeat_s=args.heartbeat, fetch_wait_ms=args.fetch_wait_ms,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, loglevel=args.loglevel,
@@ -93,7 +108,11 @@ def cmd_worker(args) -> int:
     from .app import run_worker
     from .topics import ensure_topics
 
-    cfg = worker_config(args)
+    try:
+        cfg = worker_config(args)
+    except ValueError as exc:  # e.g. --explore-share outside 0..1
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not (cfg.model_dir / "manifest.json").is_file():
         print(f"error: no exported encoder at {cfg.model_dir}: run `streamrec export-onnx --out {cfg.model_dir}` "
               "or pass --model DIR", file=sys.stderr)

@@ -31,15 +31,26 @@ def recommendation_record(
     source: dict,
     received_ts: float,
     explain: bool = False,
+    explanations: list[dict] | None = None,
 ) -> dict:
-    """The value published on the recommendations topic (key = user id)."""
+    """The value published on the recommendations topic (key = user id).
+
+    ``explain`` adds each item's ``driver`` and ``parts``; ``explanations`` (from
+    :meth:`inference.recommender.Recommender.explain`, one per item) add ``history``,
+    ``request``, ``similarity_other`` and ``moved`` as well.
+    """
     now = time.time()
     items = []
-    for it in rec.items:
+    for pos, it in enumerate(rec.items):
         entry = {"item_id": it.item_id, "score": round(it.score, 6)}
+        if it.explored:
+            entry["explored"] = True
         if explain:
             entry["driver"] = it.driver
             entry["parts"] = {k: round(v, 6) for k, v in it.parts.items()}
+        if explanations is not None:
+            entry.update({key: v for key, v in explanations[pos].items()
+                          if key in ("history", "request", "similarity_other", "moved")})
         items.append(entry)
     return {
         "user_id": event.user_id,

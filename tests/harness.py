@@ -44,8 +44,10 @@ class RunningWorker:
 
 
 def start_worker(kafka: KafkaConfig, topics: Topics, model_dir: Path, tmp: Path, *extra: str,
-                 app_id: str | None = None, web_port: int | None = None) -> RunningWorker:
-    """Start ``streamrec worker`` as a separate process and wait until its catalogue is loaded."""
+                 app_id: str | None = None, web_port: int | None = None, wait: bool = True,
+                 env: dict[str, str] | None = None) -> RunningWorker:
+    """Start ``streamrec worker`` as a separate process and wait until its catalogue is loaded
+    (``wait=False``: return at once; call :func:`wait_ready` later). ``env``: extra variables."""
     web_port = web_port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / f"worker-{web_port}.log"
@@ -55,9 +57,15 @@ def start_worker(kafka: KafkaConfig, topics: Topics, model_dir: Path, tmp: Path,
            # tuned for the embedded broker: a group join takes about half the session timeout
            "--session-timeout", "3", "--heartbeat", "1", "--fetch-wait-ms", "10", "--loglevel", "info", *extra]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     w = RunningWorker(kafka, topics, web_port, proc, log_path)
-    deadline = time.monotonic() + 240
+    return wait_ready(w) if wait else w
+
+
+def wait_ready(w: RunningWorker, timeout_s: float = 240) -> RunningWorker:
+    """Wait until the worker's ``/health`` says ready (its catalogue is loaded)."""
+    proc, web_port = w.proc, w.web_port
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode}:\n{w.log()}")

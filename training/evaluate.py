@@ -19,7 +19,11 @@ figures can be set beside published ones.
 
 Systems: ``streamrec`` (with retraining, once the training issue lands), ``streamrec-untrained``
 (worker defaults), ``popularity`` (recency-weighted), ``cooccurrence-knn`` (incremental item-item)
-and ``als`` (``implicit``), see :mod:`training.baselines`.
+and ``als`` (``implicit``), see :mod:`training.baselines`. ``streamrec-explore-thompson`` and
+``streamrec-explore-epsilon`` are ``streamrec-untrained`` with the exploration policy on
+(:mod:`inference.explore`, ``--explore-share`` of each list): they are measured on the lists
+*as served* (exploration slots included; a hit in an explored slot is the policy's reward), in
+the streaming protocol only (the offline protocol ranks by score, which exploration leaves alone).
 
 Output (``--out``, default ``bench/results/``): ``eval-<dataset>.json``, ``eval-<dataset>.md``
 and ``eval-<dataset>.png`` (cumulative and rolling HR@K over event index, refits marked).
@@ -77,6 +81,7 @@ import numpy as np
 
 from inference.datasets import Dataset, DatasetNotFound, dataset_names, load_dataset, read_catalogue
 from inference.events import Event
+from inference.explore import ExploreConfig
 from inference.index import ItemIndex
 from inference.ranking import LinearHead
 from inference.recommender import Recommender, RecommenderConfig
@@ -90,6 +95,8 @@ __all__ = [
     "SYSTEMS",
     "RetrainHook",
     "StreamrecSystem",
+    "ExploringStreamrecSystem",
+    "EXPLORE_SYSTEMS",
     "ItemTextPlan",
     "StreamRun",
     "EvalConfig",
@@ -113,7 +120,10 @@ __all__ = [
     "main",
 ]
 
-SYSTEMS: tuple[str, ...] = ("streamrec", "streamrec-untrained", "popularity", "cooccurrence-knn", "als")
+SYSTEMS: tuple[str, ...] = ("streamrec", "streamrec-untrained", "popularity", "cooccurrence-knn", "als",
+                             "streamrec-explore-thompson", "streamrec-explore-epsilon")
+#: streamrec-untrained with exploration on: streaming protocol only, measured on the served lists
+EXPLORE_SYSTEMS: tuple[str, ...] = ("streamrec-explore-thompson", "streamrec-explore-epsilon")
 DEFAULT_MODEL_DIR = "~/.cache/streamrec/models/all-MiniLM-L6-v2"
 DEFAULT_OUT = "bench/results"
 DEFAULT_CACHE = "~/.cache/streamrec/eval"  # $STREAMREC_EVAL_CACHE overrides it
@@ -481,6 +491,23 @@ class StreamrecSystem(System):
                 "retrain_hook": _hook_name(self.retrain_hook)}
 
 
+class ExploringStreamrecSystem(StreamrecSystem):
+    """:class:`StreamrecSystem` with exploration on: :meth:`served` is the list the worker would
+    publish (exploration slots included) and counts as shown to the user; the user's next event
+    on one of its items is the policy's reward (inside :meth:`Recommender.observe`)."""
+
+    def served(self, user_id: str, k: int) -> np.ndarray:
+        """Universe positions of the Top-``k`` as served, in list order."""
+        ids = self.rec.recommend(self.states.get(user_id), k, user_id=user_id).item_ids
+        return np.asarray([self.pos[i] for i in ids if i in self.pos], dtype=np.int64)
+
+    def config(self) -> dict:
+        out = super().config()
+        ex = self.rec.explorer
+        out["exploration"] = {"explored_slots": ex.explored, "rewarded_clicks": ex.rewarded} if ex else None
+        return out
+
+
 def _hook_name(hook: Any) -> str | None:
     if hook is None:
         return None
@@ -508,6 +535,8 @@ class EvalConfig:
     popularity_half_life_s: float = 14 * 86400.0
     als: dict = field(default_factory=dict)
     knn: dict = field(default_factory=dict)
+    explore_share: float = 0.2  # streamrec-explore-*: share of each list given to exploration
+    explore_epsilon: float = 0.1  # streamrec-explore-epsilon: chance a slot goes to a random candidate
 
 
 def build_systems(names: Sequence[str], item_ids: Sequence[str], *, dim: int | None = None,
@@ -530,6 +559,15 @@ def build_systems(names: Sequence[str], item_ids: Sequence[str], *, dim: int | N
                 item_ids, dim, name=name, item_vectors=item_vecs,
                 history_items=plan.history if plan is not None else (), text_vecs=text_vecs,
                 config=_copy_config(cfg.recommender), retrain_hook=retrain_hook if name == "streamrec" else None)
+        elif name in EXPLORE_SYSTEMS:
+            if dim is None:
+                raise ValueError("streamrec systems need the encoder dimension (dim)")
+            rc = _copy_config(cfg.recommender)
+            rc.explore = ExploreConfig(share=cfg.explore_share, policy=name.rsplit("-", 1)[1],
+                                       epsilon=cfg.explore_epsilon, seed=cfg.seed)
+            out[name] = ExploringStreamrecSystem(
+                item_ids, dim, name=name, item_vectors=item_vecs,
+                history_items=plan.history if plan is not None else (), text_vecs=text_vecs, config=rc)
         elif name == "popularity":
             out[name] = PopularityBaseline(item_ids, half_life_s=cfg.popularity_half_life_s)
         elif name == "cooccurrence-knn":
@@ -646,9 +684,20 @@ def replay(events: Sequence[Event], item_ids: Sequence[str], systems: dict[str, 
                 if drop.size:
                     s = s.copy()
                     s[drop] = -np.inf
-                ranks[name].append(rank_of(s, target))
-                best = top_k(s, min(k, n_items))
-                best = best[np.isfinite(s[best])]
+                served = getattr(sys_, "served", None)
+                if served is not None:  # exploration: the list as served, then the rest by score
+                    best = served(ev.user_id, min(k, n_items))
+                    hit = np.flatnonzero(best == target)
+                    if hit.size:
+                        ranks[name].append(float(hit[0] + 1))
+                    else:
+                        rest = s.copy()
+                        rest[best] = -np.inf
+                        ranks[name].append(len(best) + rank_of(rest, target))
+                else:
+                    ranks[name].append(rank_of(s, target))
+                    best = top_k(s, min(k, n_items))
+                    best = best[np.isfinite(s[best])]
                 covered[name][best] = True
                 if mine and any(int(b) in mine for b in best):
                     seen_in[name] += 1
@@ -864,8 +913,8 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
     if cfg.offline:
         t0 = time.perf_counter()
         train, test, skipped_users = leave_last_out(events)
-        osys, _ = build_systems(names, item_ids, dim=dim, plan=plan, item_vecs=item_vecs, text_vecs=text_vecs,
-                                cfg=cfg, retrain_hook=retrain_hook)
+        osys, _ = build_systems([n for n in names if n not in EXPLORE_SYSTEMS], item_ids, dim=dim, plan=plan,
+                                item_vecs=item_vecs, text_vecs=text_vecs, cfg=cfg, retrain_hook=retrain_hook)
         ores = evaluate_offline(train, test, item_ids, osys, k=cfg.k, progress=progress)
         if "streamrec" in names and "streamrec" not in osys and "streamrec-untrained" in ores:
             ores["streamrec"] = dict(ores["streamrec-untrained"])
@@ -878,6 +927,8 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
             "train_events": len(train),
             "skipped": skipped_users,
             "systems": {n: ores[n] for n in names if n in ores},
+            "not_run": {n: "exploration changes the lists served, not the scores this protocol ranks by"
+                        for n in names if n in EXPLORE_SYSTEMS},
         }
         timing["offline"] = round(time.perf_counter() - t0, 2)
         timing["offline_per_system"] = offline_secs
@@ -919,6 +970,10 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
         "retrain_hook": _hook_name(retrain_hook),
         "retraining_note": None if retraining else RETRAINING_NOTE,
         "retrain_points": run.retrain_points,
+        "exploration": {"systems": [n for n in names if n in EXPLORE_SYSTEMS], "share": cfg.explore_share,
+                        "epsilon": cfg.explore_epsilon, "seed": cfg.seed,
+                        "measured_on": "the list as served (exploration slots included); rank past the list: "
+                                       "K + rank among the items not served, by score"},
         "limit": cfg.limit,
         "prefix": bool(cfg.limit and cfg.limit < len(ds.events)),
         "item_text_source": plan.source,
@@ -1027,6 +1082,11 @@ def to_markdown(res: dict) -> str:
     if sr:
         lines.append(f"- streamrec-untrained runs the worker's RecommenderConfig "
                      f"({'defaults' if sr['worker_defaults'] else 'NOT the defaults: tuned by flags'}).")
+    ex = p.get("exploration") or {}
+    if ex.get("systems"):
+        lines.append(f"- Exploration ({', '.join(ex['systems'])}): streamrec-untrained with {ex['share']:.0%} of each "
+                     f"list's slots given to the policy (epsilon {ex['epsilon']}), measured on {ex['measured_on']}; "
+                     "the offline protocol does not run them.")
     lines.append(f"- Rank: {p['rank']}. Exclusion: {p['exclusion']}.")
     seen = {n: i.get("seen_in_top_k") for n, i in p["systems"].items() if i.get("seen_in_top_k")}
     if seen:
@@ -1123,6 +1183,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of popularity in the blended score (default: %(default)s)")
     g.add_argument("--text-mix", type=float, default=d.update.text_mix,
                    help="share of the review-text vector in a review's event vector (default: %(default)s)")
+    g.add_argument("--explore-share", type=float, default=EvalConfig.explore_share,
+                   help="streamrec-explore-*: share of each list given to exploration (default: %(default)s)")
+    g.add_argument("--explore-epsilon", type=float, default=EvalConfig.explore_epsilon,
+                   help="streamrec-explore-epsilon: chance a slot takes a random candidate (default: %(default)s)")
     return p
 
 
@@ -1139,7 +1203,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         raise SystemExit("streamrec evaluate: --k and --limit must be positive, --cold-window non-negative")
     return EvalConfig(k=args.k, cold_window=args.cold_window, retrain_every=args.retrain_every or None,
                       limit=args.limit, systems=systems, item_text=args.item_text, offline=not args.no_offline,
-                      seed=args.seed, recommender=rc, popularity_half_life_s=rc.popularity_half_life_s)
+                      seed=args.seed, recommender=rc, popularity_half_life_s=rc.popularity_half_life_s,
+                      explore_share=args.explore_share, explore_epsilon=args.explore_epsilon)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from inference.events import Event
 from inference.vectors import top_k
 from training.baselines import ALSBaseline, CooccurrenceKNN, PopularityBaseline, System
 from training.evaluate import (
+    EXPLORE_SYSTEMS,
     SYSTEMS,
     EvalConfig,
     StreamrecSystem,
@@ -269,7 +270,8 @@ def test_result_json_has_exactly_the_documented_keys(magazine_run, tmp_path):
         assert set(m) == {"hr@10", "ndcg@10", "mrr", "coverage", "cold_hit@10"}
         assert all(v is None or 0.0 <= v <= 1.0 for v in m.values())
     off = res["offline"]
-    assert set(off["systems"]) == set(SYSTEMS)
+    assert set(off["systems"]) == set(SYSTEMS) - set(EXPLORE_SYSTEMS)  # exploration: streaming only
+    assert set(off["not_run"]) == set(EXPLORE_SYSTEMS)
     for m in off["systems"].values():
         assert set(m) == {"hr@10", "ndcg@10", "mrr", "precision@10", "recall@10", "f1@10", "map@10"}
     p = res["protocol"]
@@ -392,3 +394,40 @@ def test_periodic_retrainer_trains_checks_and_switches_versions(encoder):
     assert accepted == [f"v{k + 1}" for k in range(len(accepted))]
     if accepted and history[-1]["at_event"] < 1500:
         assert res["systems"]["streamrec"] != res["systems"]["streamrec-untrained"]
+
+
+@needs_shared
+def test_exploration_rows_are_measured_on_the_served_lists(magazine_run):
+    res, _ = magazine_run
+    base = res["systems"]["streamrec-untrained"]
+    for name in EXPLORE_SYSTEMS:
+        m, info = res["systems"][name], res["protocol"]["systems"][name]
+        assert info["config"]["recommender"]["explore"]["share"] == EvalConfig().explore_share
+        assert info["config"]["exploration"]["explored_slots"] > 0
+        assert m["coverage"] >= base["coverage"]  # exploration shows items the ranking alone would not
+        assert m != base
+    assert res["protocol"]["exploration"]["systems"] == list(EXPLORE_SYSTEMS)
+
+
+def test_exploring_system_rank_is_the_position_in_the_served_list():
+    rng = np.random.default_rng(0)
+    items = [f"i{k}" for k in range(40)]
+    vecs = {i: v for i, v in zip(items, rng.standard_normal((40, 8)).astype(np.float32))}
+    events = [ev(f"u{k % 7}", items[int(rng.integers(40))], float(k)) for k in range(300)]
+    cfg = EvalConfig(explore_share=0.3, seed=1)
+    systems, _ = build_systems(["streamrec-explore-thompson"], items, dim=8, item_vecs=vecs, cfg=cfg)
+    sys_ = systems["streamrec-explore-thompson"]
+    shown = []
+    served = sys_.served
+    sys_.served = lambda user, k: shown.append(served(user, k)) or shown[-1]
+    run = replay(events, items, systems, k=5)
+    targets = [items.index(events[i].item_id) for i in run.scored]
+    assert len(shown) == len(targets) > 100
+    for rank, lst, t in zip(run.ranks["streamrec-explore-thompson"], shown, targets):
+        assert len(lst) == 5
+        if t in lst:
+            assert rank == list(lst).index(t) + 1
+        else:
+            assert rank > 5
+    assert sys_.rec.explorer.explored == 2 * len(shown)  # round(0.3 * 5) = 2 slots per list
+    assert sys_.rec.explorer.rewarded == sum(r <= 5 for r in run.ranks["streamrec-explore-thompson"])
