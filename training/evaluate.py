@@ -1161,6 +1161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-window", type=int, default=20_000,
                    help="each retrain uses the last N events plus a random sample of older ones (default: %(default)s)")
     p.add_argument("--train-epochs", type=int, default=None, help="epochs per retrain (default: TrainConfig's)")
+    p.add_argument("--train-holdout", type=float, default=None,
+                   help="newest share of each retrain's events held back to accept or reject (default: TrainConfig's)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help="comma-separated systems to run (default: %(default)s)")
     p.add_argument("--item-text", choices=("auto", "catalogue", "history"), default="auto",
@@ -1216,7 +1218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.retrain_hook is None:
             from .trainer import PeriodicRetrainer, TrainConfig
 
-            tc = TrainConfig() if args.train_epochs is None else TrainConfig(epochs=args.train_epochs)
+            tc = TrainConfig()
+            if args.train_epochs is not None:
+                tc.epochs = args.train_epochs
+            if args.train_holdout is not None:
+                tc.holdout = args.train_holdout
             hook = PeriodicRetrainer(tc, window=args.train_window, replay_sample=args.train_window // 2)
         elif args.retrain_hook.lower() == "none":
             hook = None
