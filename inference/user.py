@@ -175,28 +175,29 @@ def apply_event(
 ) -> UserState:
     """Fold one event into ``state`` (in place) and return it.
 
-    Decay is ``2 ** (-dt / half_life)`` in event time. An event older than the state's
-    last event (out of order) is decayed itself instead of the state, so the result does
-    not depend on arrival order beyond float rounding.
+    Decay is ``2 ** (-dt / half_life)`` in event time. The vector and weight are always
+    referenced at ``last_time``: a newer event first decays the state to its own time (even
+    one that adds nothing, such as a 3-star review), and an event older than the state (out
+    of order) is decayed itself instead, so the result does not depend on arrival order
+    beyond float rounding. (Clicks and reviews travel on two topics, so a worker may see a
+    user's click and review in either order.)
     """
     vec, weight = event_vector(kind, item_vec, text_vec, rating, config)
     weights = state.item_weights()
     added = 0.0  # this event's weight as of the state's (new) last_time
+    if state.count == 0:
+        state.last_time = event_time
+    elif event_time > state.last_time:
+        decay = 0.5 ** ((event_time - state.last_time) / config.half_life_s)
+        state.vector = (state.vector * decay).astype(np.float32)
+        state.weight *= decay
+        state.last_time = event_time
+        weights = {k: w * decay for k, w in weights.items()}
     if vec is not None and weight != 0.0:
-        dt = event_time - state.last_time
-        if state.count == 0 or dt >= 0:
-            decay = 0.5 ** (dt / config.half_life_s) if state.count else 0.0
-            state.vector = (state.vector * decay + weight * vec).astype(np.float32)
-            state.weight = state.weight * decay + abs(weight)
-            if decay != 1.0:
-                weights = {k: w * decay for k, w in weights.items()}
-            added = weight
-        else:
-            late = 0.5 ** (-dt / config.half_life_s)
-            state.vector = (state.vector + late * weight * vec).astype(np.float32)
-            state.weight += late * abs(weight)
-            added = late * weight
-    state.last_time = max(state.last_time, event_time) if state.count else event_time
+        late = 0.5 ** ((state.last_time - event_time) / config.half_life_s)  # 1 unless out of order
+        state.vector = (state.vector + late * weight * vec).astype(np.float32)
+        state.weight += late * abs(weight)
+        added = late * weight
     state.count += 1
     _remember(state.recent_items, item_id, config.recent_items)
     state.recent_weights = [weights.get(i, 0.0) + (added if i == item_id else 0.0) for i in state.recent_items]

@@ -264,6 +264,7 @@ class StreamrecWorker:
         texts = [e.text for _, e in parsed if e is not None and e.text]
         # one batched encoder call for the chunk; a text that fails is that event's error alone
         vectors = iter(await asyncio.gather(*(self.batcher.encode(t) for t in texts), return_exceptions=True))
+        writes = _StateWrites()
         for ev, event in parsed:
             if event is None:
                 continue
@@ -272,16 +273,36 @@ class StreamrecWorker:
                 try:
                     if isinstance(text_vec, BaseException):
                         raise text_vec
-                    await self.apply_event(ev.message, event, text_vec)
+                    await self.apply_event(ev, event, text_vec, writes)
                 except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
                     log.exception("event %s of user %s failed", event.event_id, event.user_id)
                     await self._dead_letter(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}; the worker carried on. "
                                             "Report this with the source offset.", ev.message)
+        await self._write_states(writes)
 
-    async def apply_event(self, msg, event: Event, text_vec) -> None:
-        """Duplicate check, unknown-item policy, state update, publish."""
-        raw = self.users.get(event.user_id)
+    async def _write_states(self, writes: _StateWrites) -> None:
+        """Write the chunk's user states once the broker has acknowledged the chunk's lists.
+
+        A state holds the ids of the events applied to it, so once it is written a re-delivered
+        event is a duplicate and gets no list: writing it before its list is safely in Kafka
+        would let a crash lose that list for good (the changelog and the output are separate
+        partitions, delivered independently). Waiting per chunk keeps the cost to one round
+        trip per chunk.
+        """
+        if writes.sent:
+            await asyncio.gather(*writes.sent)
+        for user_id, (ev, raw) in writes.states.items():
+            with _as_current(ev):  # the changelog partition is the one of the user's event
+                self.users[user_id] = raw
+
+    async def apply_event(self, ev, event: Event, text_vec, writes: _StateWrites) -> None:
+        """Duplicate check, unknown-item policy, state update, publish; the new state goes to
+        ``writes`` (written to the table by :meth:`_write_states` after the lists are acked)."""
+        msg = ev.message
+        raw = writes.states[event.user_id][1] if event.user_id in writes.states else self.users.get(event.user_id)
         state = UserState.from_bytes(raw) if raw is not None else self.recommender.new_state()
+        # The event-id check: an event already in the user's state (a re-delivery after a
+        # crash or rebalance, or a re-sent event) changes nothing and publishes nothing.
         if state.has_seen(event.event_id):
             self.metrics.duplicates.inc()
             return
@@ -296,10 +317,13 @@ class StreamrecWorker:
         record = recommendation_record(event, rec, model_version=self.version_label(rec.model_version),
                                        source=_source(msg), received_ts=msg.timestamp, explain=self.cfg.explain,
                                        explanations=explanations)
-        # Publish before the state write: a crash between the two re-processes the event
-        # and publishes again (at-least-once) instead of losing the list.
-        await self._publish(event.user_id, record)
-        self.users[event.user_id] = state.to_bytes()
+        # The list goes out before the state is written (and the write waits for its ack):
+        # a crash in between re-processes the event and publishes again (at-least-once)
+        # instead of losing the list.
+        sent = await self._publish(event.user_id, record)
+        if sent is not None:
+            writes.sent.append(sent)
+        writes.states[event.user_id] = (ev, state.to_bytes())
         self.metrics.events.labels(type=event.kind).inc()
         self._accepted_since_swap += 1
 
@@ -319,7 +343,9 @@ class StreamrecWorker:
         self._accepted_since_swap = 0
         self._since = time.monotonic()
 
-    async def _publish(self, user_id: str, record: dict) -> None:
+    async def _publish(self, user_id: str, record: dict):
+        """Send the list now (returns the send's future) or hold it back (``--min-interval-ms``,
+        returns None: a held-back list is lost if the worker crashes before it goes out)."""
         interval = self.cfg.min_interval_ms / 1000.0
         now = time.time()
         if interval > 0:
@@ -332,17 +358,19 @@ class StreamrecWorker:
                     self.metrics.coalesced.inc()
                     record["coalesced"] = previous.get("coalesced", 0) + 1
                 self._pending[user_id] = record
-                return
+                return None
             self._last_publish[user_id] = now
             self._last_publish.move_to_end(user_id)
             while len(self._last_publish) > 100_000:
                 self._last_publish.popitem(last=False)
-        await self._send_record(user_id, record)
+        return await self._send_record(user_id, record)
 
-    async def _send_record(self, user_id: str, record: dict) -> None:
-        await self.recs_topic.send(key=user_id.encode(), value=dumps(record))
+    async def _send_record(self, user_id: str, record: dict):
+        """Hand the record to the producer; the returned future resolves when the broker has it."""
+        sent = await self.recs_topic.send(key=user_id.encode(), value=dumps(record))
         self.metrics.published.inc()
         self.metrics.latency.observe(max(record["latency_ms"], 0.0) / 1000.0)
+        return sent
 
     async def _flush_pending(self, force: bool) -> None:
         interval = self.cfg.min_interval_ms / 1000.0
@@ -366,6 +394,14 @@ class StreamrecWorker:
 
     async def close(self) -> None:
         await self.batcher.close()
+
+
+@dataclass
+class _StateWrites:
+    """One chunk's pending user states (user -> (Faust event, state bytes)) and list sends."""
+
+    states: dict[str, tuple[object, bytes]] = field(default_factory=dict)
+    sent: list = field(default_factory=list)
 
 
 class _AioMsg:

@@ -66,6 +66,7 @@ def recommendation_record(
         "event_time": event.event_time,
         "published_at": round(now, 6),
         "latency_ms": round((now - received_ts) * 1000.0, 3),
+        "worker": WORKER_ID,
     }
 
 
