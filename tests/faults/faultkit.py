@@ -141,7 +141,7 @@ def _broken(k: int, key: bytes | None, topics: Topics) -> Record:
 def publish(kafka: KafkaConfig, records: list[Record], **producer_overrides) -> float:
     """Send (topic, key, value) records in order as fast as the producer goes; return the
     seconds taken, the broker's acknowledgements included."""
-    prod = producer(kafka, linger_ms=5, **producer_overrides)
+    prod = producer(kafka, **{"linger_ms": 5, **producer_overrides})
     t0 = time.perf_counter()
     for topic, key, value in records:
         prod.send(topic, key=key, value=value)
