@@ -63,8 +63,10 @@ def test_stop_all_and_start_again_resumes_without_replay(broker, model_dir, work
         assert first_run == {"streamrec_events_total": len(before), "streamrec_duplicates_total": 0}
         # no replay from the beginning: the restarted group processed only the new events...
         assert counts["streamrec_events_total"] == len(after)
-        # ...and knew the re-sent ones (their ids were in the restored state)
-        assert counts["streamrec_duplicates_total"] == RESENT
+        # ...and knew the re-sent ones (their ids were in the restored state). A few events read but
+        # not yet committed before the stop may be delivered again (at-least-once) and are dropped
+        # the same way; a replay from the beginning would show hundreds here.
+        assert RESENT <= counts["streamrec_duplicates_total"] < RESENT + len(before) // 4
         assert set(ids) == {e.event_id for e in workload.events} and set(ids.values()) == {1}
         users = {u: {e.event_id for e in evs} for u, evs in workload.by_user().items()}
         with TopicReader(kafka, changelog_topic(app_id)) as log:
@@ -77,4 +79,5 @@ def test_stop_all_and_start_again_resumes_without_replay(broker, model_dir, work
             processed=len(ids), duplicates=RESENT, dead_letters=0, lost=len(workload.events) - len(ids),
             seconds=time.perf_counter() - started,
             extra={"processed_after_restart": int(counts["streamrec_events_total"]),
+                   "redelivered_dropped": int(counts["streamrec_duplicates_total"]) - RESENT,
                    "max_vector_diff": worst}).report()
