@@ -4,14 +4,20 @@ What training fits (``training.trainer``) and the workers load (from the registr
 
 * ``adapter`` ``A`` (dim x dim): users and items are scored in the space ``x -> x A``;
 * ``residuals``: per-item vectors ``r_i`` added in that space for items with enough
-  interactions (the collaborative part the text alone does not carry);
+  interactions (the collaborative part the text alone does not carry), as candidates;
+* ``context``: per-item vectors ``c_h`` for the same items, as history: a user's recent
+  items pull the user towards what people chose after them ("people who played this then
+  chose that": the collaborative signal text cannot see, e.g. two films with unrelated
+  titles watched by the same people);
 * ``head`` ``(w, b)`` and the blend ``weights`` (similarity, popularity, head).
 
-A user's score for item ``i`` is then ``w_sim * <unit(u A), unit(v_i A + r_i)> + w_pop *
-pop_i + w_head * sigmoid(w . (u' * v_i') + b)``. User state never changes with the model: it
-stays a decayed sum of *encoder-space* vectors, and the adapter is applied to it when a list
-is made. So a new version needs no migration of user state, and switching versions is a
-reference swap (:meth:`inference.recommender.Recommender.activate`).
+A user with encoder-space vector ``u`` and recent items ``h`` with signed weights ``a_h``
+(``UserState.item_weights``) is ``u' = unit(unit(u A) + sum_h a_h c_h / sum_h |a_h|)``, and
+their score for item ``i`` is ``w_sim * <u', unit(v_i A + r_i)> + w_pop * pop_i + w_head *
+sigmoid(w . (u' * v_i') + b)``. User state never changes with the model: it stays a decayed
+sum of *encoder-space* vectors plus the recent item ids and weights, and the model is applied
+when a list is made. So a new version needs no migration of user state, and switching
+versions is a reference swap (:meth:`inference.recommender.Recommender.activate`).
 
 Example::
 
@@ -52,6 +58,10 @@ class ModelParams:
     head_w: np.ndarray | None = None  # (dim,)
     head_b: float = 0.0
     weights: Weights = field(default_factory=Weights)
+    context: np.ndarray | None = None  # (len(residual_ids), dim): the same items as history
+
+    def __post_init__(self) -> None:
+        self._context_rows = {i: k for k, i in enumerate(self.residual_ids)} if self.context is not None else {}
 
     @classmethod
     def identity(cls, dim: int, weights: Weights | None = None) -> ModelParams:
@@ -69,12 +79,39 @@ class ModelParams:
             return {}
         return {i: self.residuals[k] for k, i in enumerate(self.residual_ids)}
 
+    def context_map(self) -> dict[str, np.ndarray]:
+        if self.context is None:
+            return {}
+        return {i: self.context[k] for k, i in enumerate(self.residual_ids)}
+
     # -- the transform ----------------------------------------------------------------------
-    def user_vector(self, unit_user: np.ndarray | None) -> np.ndarray | None:
-        """A user's encoder-space unit vector, in this model's scoring space."""
-        if unit_user is None or self.adapter is None:
+    def history_vector(self, history: dict[str, float] | None) -> np.ndarray | None:
+        """``sum_h a_h c_h / sum_h |a_h|`` over the recent items that have a context vector
+        (None: no such item, or no context in this version)."""
+        if not history or self.context is None:
+            return None
+        rows, weights = [], []
+        for item_id, a in history.items():
+            k = self._context_rows.get(item_id)
+            if k is not None and a == a and a != 0.0:  # a == a: not NaN (format-1 state)
+                rows.append(k)
+                weights.append(a)
+        if not rows:
+            return None
+        w = np.asarray(weights, np.float32)
+        return (w @ self.context[rows]) / np.float32(np.abs(w).sum())
+
+    def user_vector(self, unit_user: np.ndarray | None, history: dict[str, float] | None = None) -> np.ndarray | None:
+        """A user's encoder-space unit vector (and recent items with their signed weights), in
+        this model's scoring space. None stays None: a user without signal is a cold start."""
+        if unit_user is None:
+            return None
+        ctx = self.history_vector(history)
+        if self.adapter is None and ctx is None:
             return unit_user
-        out = safe_unit(unit_user @ self.adapter)
+        out = safe_unit(unit_user @ self.adapter) if self.adapter is not None else unit_user
+        if ctx is not None:
+            out = safe_unit(out + ctx)
         return out if np.any(out) else None
 
     def item_vectors(self, ids: list[str], unit_vecs: np.ndarray, residuals: dict[str, np.ndarray]) -> np.ndarray:
@@ -96,6 +133,8 @@ class ModelParams:
         if self.residual_ids:
             arrays["residual_ids"] = np.asarray(self.residual_ids, dtype=object).astype(str)
             arrays["residuals"] = np.asarray(self.residuals, np.float32)
+            if self.context is not None:
+                arrays["context"] = np.asarray(self.context, np.float32)
         if self.head_w is not None:
             arrays["head_w"] = np.asarray(self.head_w, np.float32)
             arrays["head_b"] = np.asarray(self.head_b, np.float32)
@@ -111,6 +150,7 @@ class ModelParams:
                 adapter = z["adapter"] if "adapter" in z else None
                 ids = [str(i) for i in z["residual_ids"]] if "residual_ids" in z else []
                 res = z["residuals"] if "residuals" in z else None
+                ctx = z["context"] if "context" in z else None
                 head_w = z["head_w"] if "head_w" in z else None
                 head_b = float(z["head_b"]) if "head_b" in z else 0.0
                 weights = Weights(**json.loads(str(z["weights"])))
@@ -121,7 +161,9 @@ class ModelParams:
             raise ValueError(f"{path}: adapter is {adapter.shape}, expected ({dim}, {dim})")
         if res is not None and res.shape != (len(ids), dim):
             raise ValueError(f"{path}: residuals are {res.shape}, expected ({len(ids)}, {dim})")
-        return cls(dim, adapter, ids, res, head_w, head_b, weights)
+        if ctx is not None and ctx.shape != (len(ids), dim):
+            raise ValueError(f"{path}: context vectors are {ctx.shape}, expected ({len(ids)}, {dim})")
+        return cls(dim, adapter, ids, res, head_w, head_b, weights, ctx)
 
 
 class ModelSpace:

@@ -64,6 +64,9 @@ class Query:
     user_coef: float = 0.0
     text_coef: float = 0.0
     text: np.ndarray | None = None
+    #: The user's recent items and signed weights (``UserState.item_weights``) when the user
+    #: is part of the query: a trained version's context vectors apply to them.
+    history: dict[str, float] | None = None
 
 
 @dataclass
@@ -75,9 +78,14 @@ class ActiveModel:
     space: ModelSpace | None
     ranker: Ranker
 
-    def to_space(self, vector: np.ndarray | None) -> np.ndarray | None:
-        """An encoder-space query (unit vector) in this version's scoring space."""
-        return self.params.user_vector(vector) if self.params is not None else vector
+    def to_space(self, vector: np.ndarray | None, history: dict[str, float] | None = None) -> np.ndarray | None:
+        """An encoder-space query (unit vector), with the user's recent items and their signed
+        weights when it is a user's, in this version's scoring space."""
+        return self.params.user_vector(vector, history) if self.params is not None else vector
+
+    @property
+    def uses_history(self) -> bool:
+        return self.params is not None and self.params.context is not None
 
 
 class Recommender:
@@ -129,7 +137,10 @@ class Recommender:
 
     def user_vector(self, state: UserState | None, model: ActiveModel | None = None) -> np.ndarray | None:
         """The user's vector in the scoring space of ``model`` (default: the active one)."""
-        return (model or self.active).to_space(state.unit() if state is not None else None)
+        model = model or self.active
+        if state is None:
+            return model.to_space(None)
+        return model.to_space(state.unit(), state.item_weights() if model.uses_history else None)
 
     def score_all(self, state: UserState | None, model: ActiveModel | None = None):
         """``(total, parts)`` over every index row for a user, as :meth:`recommend` ranks them."""
@@ -207,7 +218,7 @@ class Recommender:
         """
         user = state.unit() if state is not None else None
         if text_vec is None or not np.any(text_vec):
-            return Query(user, 1.0 if user is not None else 0.0)
+            return Query(user, 1.0 if user is not None else 0.0, history=self._history(state))
         text = as_unit(np.asarray(text_vec, dtype=np.float32), what="request text vector")
         w = self.config.text_weight if text_weight is None else float(text_weight)
         if not 0.0 <= w <= 1.0:
@@ -218,7 +229,7 @@ class Recommender:
         norm = float(np.linalg.norm(q))
         if norm < 1e-6:
             return Query(text, 0.0, 1.0, text)
-        return Query((q / norm).astype(np.float32), (1.0 - w) / norm, w / norm, text)
+        return Query((q / norm).astype(np.float32), (1.0 - w) / norm, w / norm, text, self._history(state))
 
     def recommend_for_vector(self, vector: np.ndarray | None, n: int | None = None, *,
                              exclude: Iterable[str] = ()) -> Recommendation:
@@ -233,7 +244,11 @@ class Recommender:
         """A natural-language request, alone (``state`` None) or blended with a user's vector;
         the user's seen items are excluded as in their own list."""
         q = self.query(state, text_vec, text_weight)
-        return self.recommend_for_vector(q.vector, n, exclude=self._exclude(state))
+        model = self.active
+        rec = model.ranker.recommend(model.to_space(q.vector, q.history), n or self.config.top_n,
+                                     exclude=self._exclude(state))
+        rec.model_version = model.version
+        return rec
 
     def similar(self, item_id: str, n: int | None = None) -> list[ScoredItem]:
         """The ``n`` items nearest to ``item_id`` (``KeyError`` if it is not in the catalogue)."""
@@ -251,7 +266,8 @@ class Recommender:
           decayed weight ``a_h`` (``UserState.recent_weights``) the share is
           ``w_sim * c_user * a_h * <v_h, v_item> / |user vector|``. Approximation: a review
           event added a mix of its text and the item's vector; the text is not kept, so
-          the item's vector stands in for the whole event;
+          the item's vector stands in for the whole event. With a trained version that has
+          context vectors, item ``h``'s context pull on the item is added to its share;
         * ``request``: the text request's share (``w_sim * c_text * <t, v_item>``);
         * ``similarity_other``: what is left of the similarity part: review texts, events
           older than the recent-items window, catalogue vectors that changed since;
@@ -267,11 +283,17 @@ class Recommender:
 
         def lin(x: np.ndarray) -> np.ndarray:  # encoder space -> the version's space (before normalising)
             return x @ adapter if adapter is not None else x
-        qv, s = q.vector, 1.0
-        if qv is not None and adapter is not None:
+        # qv = s * lin(q.vector) + s_ctx * history context: the exact split of the query
+        qv, s, s_ctx, ctx = q.vector, 1.0, 0.0, None
+        if qv is not None and (adapter is not None or model.uses_history):
             raw = lin(qv)
             s = 1.0 / max(float(np.linalg.norm(raw)), 1e-12)
-            qv = (raw * s).astype(np.float32)
+            ctx = model.params.history_vector(q.history) if model.uses_history else None
+            if ctx is not None:
+                full = raw * s + ctx
+                s_ctx = 1.0 / max(float(np.linalg.norm(full)), 1e-12)
+                s *= s_ctx
+            qv = (raw * s + (ctx * s_ctx if ctx is not None else 0.0)).astype(np.float32)
         total, parts = model.ranker.score_all(qv)
         space = model.ranker.index  # same rows as self.index
         eligible = np.isfinite(total)
@@ -292,6 +314,15 @@ class Recommender:
         w_sim = model.ranker.weights.similarity
         scale = np.asarray(hist_w, dtype=np.float32) * np.float32(w_sim * s * q.user_coef / norm) if hist_ids else None
         hist_vecs = lin(self.index.matrix[hist_rows]) if hist_ids else None
+        ctx_vecs = ctx_scale = None
+        if hist_ids and ctx is not None:  # each item's context pull: w_sim * s_ctx * a_h * c_h / sum |a|
+            rows = model.params._context_rows
+            total_w = sum(abs(a) for h, a in q.history.items() if h in rows and a == a)
+            ctx_vecs = np.zeros_like(hist_vecs)
+            for j, h in enumerate(hist_ids):
+                if h in rows:
+                    ctx_vecs[j] = model.params.context[rows[h]]
+            ctx_scale = np.asarray(hist_w, np.float32) * np.float32(w_sim * s_ctx / max(total_w, 1e-30))
         out = []
         for pos, it in enumerate(rec.items, start=1):
             entry: dict = {"item_id": it.item_id, "rank": pos, "score": round(it.score, 6), "driver": it.driver,
@@ -306,6 +337,8 @@ class Recommender:
             explained = 0.0
             if scale is not None:
                 contrib = scale * (hist_vecs @ v)
+                if ctx_vecs is not None:
+                    contrib = contrib + ctx_scale * (ctx_vecs @ v)
                 explained += float(contrib.sum())
                 best = [j for j in np.argsort(-contrib, kind="stable")[:top] if contrib[j] > 0]
                 entry["history"] = [{"item_id": hist_ids[j], "weight": round(hist_w[j], 6),
@@ -328,6 +361,9 @@ class Recommender:
                     entry["moved"] = moved
             out.append(entry)
         return out
+
+    def _history(self, state: UserState | None) -> dict[str, float] | None:
+        return state.item_weights() if state is not None and self.active.uses_history else None
 
     def _exclude(self, state: UserState | None) -> list[str] | tuple:
         return state.recent_items if (state is not None and self.config.exclude_seen) else ()

@@ -482,7 +482,8 @@ class StreamrecSystem(System):
                 self.retrain_hook(self.rec, events_so_far, text_vecs=self.text_vecs)
             else:  # a two-argument hook (recommender, events)
                 self.retrain_hook(self.rec, events_so_far)
-            self.retrains += 1
+            history = getattr(self.retrain_hook, "history", None)  # a hook that may skip a call says so
+            self.retrains = len(history) if history is not None else self.retrains + 1
 
     def config(self) -> dict:
         cfg = asdict(self.rec.config)
@@ -1160,6 +1161,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "training.trainer.PeriodicRetrainer, what `streamrec train` does; 'none' = no retraining)")
     p.add_argument("--train-window", type=int, default=20_000,
                    help="each retrain uses the last N events plus a random sample of older ones (default: %(default)s)")
+    p.add_argument("--train-every", type=int, default=0,
+                   help="retrain streamrec only once N events came since its last retrain (default: at every "
+                        "--retrain-every point; ALS still refits at each)")
     p.add_argument("--train-epochs", type=int, default=None, help="epochs per retrain (default: TrainConfig's)")
     p.add_argument("--train-holdout", type=float, default=None,
                    help="newest share of each retrain's events held back to accept or reject (default: TrainConfig's)")
@@ -1223,7 +1227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tc.epochs = args.train_epochs
             if args.train_holdout is not None:
                 tc.holdout = args.train_holdout
-            hook = PeriodicRetrainer(tc, window=args.train_window, replay_sample=args.train_window // 2)
+            hook = PeriodicRetrainer(tc, window=args.train_window, replay_sample=args.train_window // 2,
+                                     every=args.train_every)
         elif args.retrain_hook.lower() == "none":
             hook = None
         else:

@@ -7,9 +7,11 @@ event gives one pair (the user's encoder-space vector just before the event, the
 
 What is fitted, warm-started from the parent version each time:
 
-1. an adapter ``A`` (dim x dim, starts at identity) and per-item residuals ``r_i`` (items with
-   at least ``min_item_events`` interactions) with a sampled-softmax loss over
-   ``s * <unit(u A), unit(v_i A + r_i)>`` (``s`` a learned scale), L2-pulled towards the parent;
+1. an adapter ``A`` (dim x dim, starts at identity), per-item residuals ``r_i`` and context
+   vectors ``c_h`` (items with at least ``min_item_events`` interactions) with a
+   sampled-softmax loss over ``s * <u', unit(v_i A + r_i)>``, where the user is
+   ``u' = unit(unit(u A) + sum_h a_h c_h / sum_h |a_h|)`` over their recent items ``h`` (``s`` a
+   learned scale), L2-pulled towards the parent;
 2. the head ``sigmoid(w . (u' * v') + b)`` by logistic regression against sampled negatives;
 3. the blend weights (popularity, head) by a small grid on a validation slice, measured with
    the online ranking code (:meth:`Recommender.score_all`).
@@ -37,7 +39,7 @@ import numpy as np
 
 from inference.events import Event
 from inference.index import ItemIndex
-from inference.model import ModelParams
+from inference.model import ModelParams, safe_unit
 from inference.ranking import Weights
 from inference.recommender import Recommender, RecommenderConfig
 from inference.user import UserState
@@ -53,17 +55,19 @@ class TrainConfig:
     epochs: int = 12
     patience: int = 2  # stop after this many epochs without a better validation loss
     batch_size: int = 256
-    lr: float = 2e-3
+    lr: float = 5e-4
     adapter: bool = True  # fit the dim x dim adapter (else identity)
     residuals: bool = True  # fit per-item residuals
+    context: bool = True  # fit per-item context vectors (a user's recent items pull the user)
     negatives: int = 2048  # sampled softmax candidates per batch (all items when the catalogue is smaller)
     min_item_events: int = 2  # items with fewer interactions get no residual
     adapter_l2: float = 1e-2  # pull towards the parent's adapter (identity for the first version)
     residual_l2: float = 1e-3
+    context_l2: float = 1e-3
     validation: float = 0.1  # tail share of the training events used to pick epochs and weights
     holdout: float = 0.1  # most recent share of all events: the acceptance slice (never trained on)
     min_holdout: int = 50
-    popularity_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+    popularity_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
     head_grid: tuple[float, ...] = (0.0, 0.25)
     k: int = 10
     seed: int = 0
@@ -110,14 +114,24 @@ def replay_events(rec: Recommender, states: dict[str, UserState], events: Sequen
         rec.observe(state, ev, tv)
 
 
+@dataclass
+class Pairs:
+    """Training pairs: the user just before each positive event, and the event's item."""
+
+    users: np.ndarray  # (n, dim) encoder-space unit vectors
+    items: list[str]
+    where: np.ndarray  # (n,) the event's position in the events given
+    histories: list[dict[str, float]]  # the user's recent items and signed weights then
+
+
 def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[str, np.ndarray],
-                   update=None) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """``(user vectors before each positive event, the event's item, the event's position)``
-    for users with history."""
+                   update=None) -> Pairs:
+    """The pairs of ``events`` for users with history, replayed with the workers' update."""
     rec = Recommender(index, config=RecommenderConfig(update=update) if update else None)
     users: list[np.ndarray] = []
     items: list[str] = []
     where: list[int] = []
+    histories: list[dict[str, float]] = []
     position = {id(ev): k for k, ev in enumerate(events)}
 
     def take(ev: Event, state: UserState) -> None:
@@ -128,10 +142,30 @@ def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[st
             users.append(u)
             items.append(ev.item_id)
             where.append(position[id(ev)])
+            histories.append(state.item_weights())
 
     replay_events(rec, {}, events, text_vecs, take)
     U = np.stack(users) if users else np.zeros((0, index.dim), np.float32)
-    return U, items, np.asarray(where, np.int64)
+    return Pairs(U, items, np.asarray(where, np.int64), histories)
+
+
+def history_arrays(histories: Sequence[dict[str, float]], rows: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Histories as padded ``(context row, weight)`` arrays; weights divided by the row's
+    total ``|a|`` as in :meth:`ModelParams.history_vector`; padding points at row ``len(rows)``."""
+    width = max([sum(1 for h in hist if h in rows) for hist in histories] + [1])
+    idx = np.full((len(histories), width), len(rows), np.int32)
+    w = np.zeros((len(histories), width), np.float32)
+    for n, hist in enumerate(histories):
+        k = 0
+        for h, a in hist.items():
+            r = rows.get(h)
+            if r is not None and a == a and a != 0.0:
+                idx[n, k], w[n, k] = r, a
+                k += 1
+        total = np.abs(w[n, :k]).sum()
+        if total > 0:
+            w[n, :k] /= total
+    return idx, w
 
 
 # ------------------------------------------------------------------------------------------
@@ -139,10 +173,11 @@ def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[st
 # ------------------------------------------------------------------------------------------
 
 
-def _fit_space(U: np.ndarray, targets: np.ndarray, V: np.ndarray, res_rows: np.ndarray, parent_A: np.ndarray,
-               parent_R: np.ndarray, val: tuple[np.ndarray, np.ndarray], cfg: TrainConfig,
-               progress: bool) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Sampled-softmax fit of (A, R); returns the epoch with the best validation loss."""
+def _fit_space(U: np.ndarray, hist: tuple[np.ndarray, np.ndarray], targets: np.ndarray, V: np.ndarray,
+               res_rows: np.ndarray, parent_A: np.ndarray, parent_R: np.ndarray, parent_C: np.ndarray,
+               val: tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray], cfg: TrainConfig,
+               progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """Sampled-softmax fit of (A, R, C); returns the epoch with the best validation loss."""
     import torch
     from tqdm import tqdm
 
@@ -155,10 +190,14 @@ def _fit_space(U: np.ndarray, targets: np.ndarray, V: np.ndarray, res_rows: np.n
     R0 = torch.from_numpy(parent_R)
     A = torch.nn.Parameter(A0.clone())
     R = torch.nn.Parameter(R0.clone())
+    C0 = torch.from_numpy(parent_C)
+    C = torch.nn.Parameter(C0.clone())
+    pad = torch.zeros(1, dim)
     log_s = torch.nn.Parameter(torch.tensor(math.log(20.0)))
     rows = torch.from_numpy(res_rows)  # item row -> residual row (-1: none)
     has_res = rows >= 0
-    opt = torch.optim.Adam([p for p, on in ((A, cfg.adapter), (R, cfg.residuals), (log_s, True)) if on], lr=cfg.lr)
+    opt = torch.optim.Adam([p for p, on in ((A, cfg.adapter), (R, cfg.residuals), (C, cfg.context), (log_s, True))
+                            if on], lr=cfg.lr)
 
     def item_space(idx: torch.Tensor) -> torch.Tensor:
         x = Vt[idx] @ A
@@ -168,20 +207,28 @@ def _fit_space(U: np.ndarray, targets: np.ndarray, V: np.ndarray, res_rows: np.n
             r[m] = R[rows[idx][m]]
         return torch.nn.functional.normalize(x + r, dim=1)
 
-    def batch_loss(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def user_space(u: torch.Tensor, h_idx: torch.Tensor, h_w: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.normalize(u @ A, dim=1)
+        if cfg.context:
+            x = x + (h_w.unsqueeze(2) * torch.cat([C, pad])[h_idx.long()]).sum(1)
+        return torch.nn.functional.normalize(x, dim=1)
+
+    def batch_loss(u: torch.Tensor, h_idx: torch.Tensor, h_w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if n_items <= cfg.negatives:
             cand, labels = torch.arange(n_items), t
         else:
             neg = torch.randint(0, n_items, (cfg.negatives,), generator=g)
             cand, inv = torch.unique(torch.cat([t, neg]), return_inverse=True)
             labels = inv[: len(t)]
-        uu = torch.nn.functional.normalize(u @ A, dim=1)
+        uu = user_space(u, h_idx, h_w)
         logits = log_s.exp() * uu @ item_space(cand).T
         return torch.nn.functional.cross_entropy(logits, labels)
 
     Ut, Tt = torch.from_numpy(U), torch.from_numpy(targets)
-    Uv, Tv = torch.from_numpy(val[0]), torch.from_numpy(val[1])
-    best = (math.inf, parent_A, parent_R, -1)
+    Hi, Hw = torch.from_numpy(hist[0]), torch.from_numpy(hist[1])
+    Uv, Tv = torch.from_numpy(val[0]), torch.from_numpy(val[2])
+    Hvi, Hvw = torch.from_numpy(val[1][0]), torch.from_numpy(val[1][1])
+    best = (math.inf, parent_A, parent_R, parent_C, -1)
     curve: list[dict] = []
     n = len(Ut)
     bar = tqdm(range(cfg.epochs), desc="training", unit="epoch", disable=not progress, leave=False)
@@ -190,35 +237,49 @@ def _fit_space(U: np.ndarray, targets: np.ndarray, V: np.ndarray, res_rows: np.n
         total = 0.0
         for s in range(0, n, cfg.batch_size):
             b = perm[s: s + cfg.batch_size]
-            loss = batch_loss(Ut[b], Tt[b])
-            reg = cfg.adapter_l2 * ((A - A0) ** 2).sum() + cfg.residual_l2 * (R ** 2).sum()
+            loss = batch_loss(Ut[b], Hi[b], Hw[b], Tt[b])
+            reg = (cfg.adapter_l2 * ((A - A0) ** 2).sum() + cfg.residual_l2 * (R ** 2).sum()
+                   + cfg.context_l2 * (C ** 2).sum())
             opt.zero_grad()
             (loss + reg).backward()
             opt.step()
             total += float(loss.detach()) * len(b)
         with torch.no_grad():
-            val_loss = float(batch_loss(Uv, Tv)) if len(Uv) else float("nan")
+            val_loss = float(batch_loss(Uv, Hvi, Hvw, Tv)) if len(Uv) else float("nan")
         row = {"epoch": epoch + 1, "loss": round(total / max(n, 1), 5), "val_loss": round(val_loss, 5),
-               "scale": round(float(log_s.exp()), 3)}
+               "scale": round(float(log_s.detach().exp()), 3)}
         curve.append(row)
         log.info("epoch %d/%d: loss %.4f, validation loss %.4f", epoch + 1, cfg.epochs, row["loss"], val_loss)
         bar.set_postfix_str(f"loss={row['loss']:.3f} val={val_loss:.3f}")
         if not len(Uv) or val_loss < best[0]:
-            best = (val_loss, A.detach().numpy().copy(), R.detach().numpy().copy(), epoch + 1)
-        elif epoch + 1 - best[3] >= cfg.patience:
-            log.info("validation loss has not improved for %d epochs: keeping epoch %d", cfg.patience, best[3])
+            best = (val_loss, A.detach().numpy().copy(), R.detach().numpy().copy(), C.detach().numpy().copy(),
+                    epoch + 1)
+        elif epoch + 1 - best[4] >= cfg.patience:
+            log.info("validation loss has not improved for %d epochs: keeping epoch %d", cfg.patience, best[4])
             break
     bar.close()
     for row in curve:
-        row["best"] = row["epoch"] == best[3]
-    return best[1].astype(np.float32), best[2].astype(np.float32), curve
+        row["best"] = row["epoch"] == best[4]
+    return best[1].astype(np.float32), best[2].astype(np.float32), best[3].astype(np.float32), curve
 
 
-def _fit_head(U: np.ndarray, targets: np.ndarray, items: np.ndarray, params: ModelParams,
+def users_in_space(U: np.ndarray, hist: tuple[np.ndarray, np.ndarray], params: ModelParams) -> np.ndarray:
+    """:meth:`ModelParams.user_vector` for many pairs at once (``hist`` from :func:`history_arrays`)."""
+    from scipy.sparse import csr_matrix
+
+    users = safe_unit(U @ params.adapter) if params.adapter is not None else np.asarray(U, np.float32)
+    if params.context is None or not len(U):
+        return users
+    idx, w = hist
+    n_ctx = len(params.residual_ids)
+    H = csr_matrix((w.ravel(), (np.repeat(np.arange(len(U)), idx.shape[1]), idx.ravel())), shape=(len(U), n_ctx + 1))
+    return safe_unit(users + H[:, :n_ctx] @ params.context)
+
+
+def _fit_head(targets: np.ndarray, items: np.ndarray, users: np.ndarray,
               cfg: TrainConfig) -> tuple[np.ndarray, float]:
     """Logistic regression of (u' * v') for the chosen item against one random item."""
     rng = np.random.default_rng(cfg.seed)
-    users = params.user_vector(U) if params.adapter is not None else U
     neg = rng.integers(0, len(items), len(targets))
     x = np.concatenate([users * items[targets], users * items[neg]])
     y = np.concatenate([np.ones(len(targets)), np.zeros(len(targets))]).astype(np.float32)
@@ -251,10 +312,13 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
     pos = {i: k for k, i in enumerate(ids)}
     cut = int(len(events) * (1.0 - cfg.validation))
     fit_events, val_events = list(events[:cut]), list(events[cut:])
-    U, items, where = training_pairs(events, index, text_vecs)
+    pairs = training_pairs(events, index, text_vecs)
+    U, items, where = pairs.users, pairs.items, pairs.where
     n_fit = int(np.sum(where < cut))  # pairs come in event order
     targets = np.asarray([pos[i] for i in items], np.int64)
-    counts = Counter(items[:n_fit])
+    # every interaction counts (an item that is only ever a user's first one still needs a
+    # context vector: it is in the history of their next choice)
+    counts = Counter(e.item_id for e in fit_events if e.item_id in pos)
     res_ids = sorted(i for i, c in counts.items() if c >= cfg.min_item_events)
     parent = parent if parent is not None and parent.dim == dim else None
     parent_A = parent.adapter if parent is not None and parent.adapter is not None else np.eye(dim, dtype=np.float32)
@@ -262,20 +326,25 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
     res_ids = sorted(set(res_ids) | {i for i in parent_res if i in pos})
     res_rows = np.full(len(ids), -1, np.int64)
     R0 = np.zeros((len(res_ids), dim), np.float32)
+    C0 = np.zeros((len(res_ids), dim), np.float32)
+    parent_ctx = parent.context_map() if parent is not None else {}
     for k, i in enumerate(res_ids):
         res_rows[pos[i]] = k
         if i in parent_res:
             R0[k] = parent_res[i]
+        if i in parent_ctx:
+            C0[k] = parent_ctx[i]
     base = base_weights or (parent.weights if parent is not None else Weights())
     if n_fit < 10 or len(ids) < 2:
         log.warning("only %d training pairs: keeping the parent's parameters", n_fit)
         params = parent or ModelParams.identity(dim, base)
         return TrainResult(params, [], {"note": "too few pairs"}, n_fit, time.perf_counter() - t0, asdict(cfg))
-    A, R, curve = _fit_space(U[:n_fit], targets[:n_fit], V, res_rows, parent_A, R0,
-                             (U[n_fit:], targets[n_fit:]), cfg, progress)
-    params = ModelParams(dim, A, list(res_ids), R, weights=replace(base))
-    head_w, head_b = _fit_head(U[:n_fit], targets[:n_fit], params.item_vectors(ids, V, params.residual_map()),
-                               params, cfg)
+    hidx, hw = history_arrays(pairs.histories, {i: k for k, i in enumerate(res_ids)})
+    A, R, C, curve = _fit_space(U[:n_fit], (hidx[:n_fit], hw[:n_fit]), targets[:n_fit], V, res_rows, parent_A, R0, C0,
+                                (U[n_fit:], (hidx[n_fit:], hw[n_fit:]), targets[n_fit:]), cfg, progress)
+    params = ModelParams(dim, A, list(res_ids), R, weights=replace(base), context=C if cfg.context else None)
+    head_w, head_b = _fit_head(targets[:n_fit], params.item_vectors(ids, V, params.residual_map()),
+                               users_in_space(U[:n_fit], (hidx[:n_fit], hw[:n_fit]), params), cfg)
     params.head_w, params.head_b = head_w, head_b
     # blend weights: the grid, scored with the online ranking code on the validation tail
     grid = [replace(base, popularity=p, head=h) for p in cfg.popularity_grid for h in cfg.head_grid]
@@ -358,9 +427,11 @@ class PeriodicRetrainer:
     """
 
     def __init__(self, cfg: TrainConfig | None = None, *, window: int = 20_000, replay_sample: int = 10_000,
-                 progress: bool = False) -> None:
+                 every: int = 0, progress: bool = False) -> None:
         self.cfg = cfg or TrainConfig()
         self.window = window
+        self.every = every  # train only once this many events came since the last time (0: at every call)
+        self._last = 0
         self.replay_sample = replay_sample
         self.progress = progress
         self.history: list[dict] = []
@@ -368,6 +439,9 @@ class PeriodicRetrainer:
 
     def __call__(self, rec: Recommender, events_so_far: Sequence[Event],
                  text_vecs: dict[str, np.ndarray] | None = None) -> None:
+        if self.every and len(events_so_far) - self._last < self.every:
+            return
+        self._last = len(events_so_far)
         recent = list(events_so_far[-self.window:])
         older = events_so_far[: max(0, len(events_so_far) - self.window)]
         sample = self._rng.sample(list(older), min(self.replay_sample, len(older))) if older else []
