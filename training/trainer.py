@@ -55,7 +55,10 @@ class TrainConfig:
     epochs: int = 12
     patience: int = 2  # stop after this many epochs without a better validation loss
     batch_size: int = 256
-    lr: float = 5e-4
+    #: Fewest optimiser steps per epoch: a small retrain (a few hundred pairs) uses smaller
+    #: batches rather than one or two steps per epoch (down to 16 pairs a batch).
+    min_steps: int = 16
+    lr: float = 1e-3
     adapter: bool = True  # fit the dim x dim adapter (else identity)
     residuals: bool = True  # fit per-item residuals
     context: bool = True  # fit per-item context vectors (a user's recent items pull the user)
@@ -64,6 +67,10 @@ class TrainConfig:
     adapter_l2: float = 1e-2  # pull towards the parent's adapter (identity for the first version)
     residual_l2: float = 1e-3
     context_l2: float = 1e-3
+    #: Item-vector L2 strengths tried (residuals and context alike); the fit with the lowest
+    #: validation loss is kept. Measured on held-out slices: MovieLens (dense) did best at
+    #: 1e-3, Musical Instruments (sparse) at 1e-2. Empty: ``residual_l2``/``context_l2`` only.
+    item_l2_grid: tuple[float, ...] = (1e-3, 1e-2)
     validation: float = 0.1  # tail share of the training events used to pick epochs and weights
     holdout: float = 0.1  # most recent share of all events: the acceptance slice (never trained on)
     min_holdout: int = 50
@@ -231,12 +238,13 @@ def _fit_space(U: np.ndarray, hist: tuple[np.ndarray, np.ndarray], targets: np.n
     best = (math.inf, parent_A, parent_R, parent_C, -1)
     curve: list[dict] = []
     n = len(Ut)
+    batch = max(16, min(cfg.batch_size, -(-n // cfg.min_steps)))
     bar = tqdm(range(cfg.epochs), desc="training", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         perm = torch.randperm(n, generator=g)
         total = 0.0
-        for s in range(0, n, cfg.batch_size):
-            b = perm[s: s + cfg.batch_size]
+        for s in range(0, n, batch):
+            b = perm[s: s + batch]
             loss = batch_loss(Ut[b], Hi[b], Hw[b], Tt[b])
             reg = (cfg.adapter_l2 * ((A - A0) ** 2).sum() + cfg.residual_l2 * (R ** 2).sum()
                    + cfg.context_l2 * (C ** 2).sum())
@@ -340,8 +348,17 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
         params = parent or ModelParams.identity(dim, base)
         return TrainResult(params, [], {"note": "too few pairs"}, n_fit, time.perf_counter() - t0, asdict(cfg))
     hidx, hw = history_arrays(pairs.histories, {i: k for k, i in enumerate(res_ids)})
-    A, R, C, curve = _fit_space(U[:n_fit], (hidx[:n_fit], hw[:n_fit]), targets[:n_fit], V, res_rows, parent_A, R0, C0,
-                                (U[n_fit:], (hidx[n_fit:], hw[n_fit:]), targets[n_fit:]), cfg, progress)
+    fits = []
+    for l2 in cfg.item_l2_grid or (None,):
+        run = cfg if l2 is None else replace(cfg, residual_l2=l2, context_l2=l2)
+        A, R, C, curve = _fit_space(U[:n_fit], (hidx[:n_fit], hw[:n_fit]), targets[:n_fit], V, res_rows, parent_A,
+                                    R0, C0, (U[n_fit:], (hidx[n_fit:], hw[n_fit:]), targets[n_fit:]), run, progress)
+        best_val = min((row["val_loss"] for row in curve if row["val_loss"] == row["val_loss"]), default=math.inf)
+        fits.append((best_val, l2, A, R, C, curve))
+    best_val, item_l2, A, R, C, curve = min(fits, key=lambda f: f[0])
+    if len(fits) > 1:
+        log.info("item L2 %s kept (validation loss %s)", item_l2,
+                 ", ".join(f"{f[1]}: {f[0]:.4f}" for f in fits))
     params = ModelParams(dim, A, list(res_ids), R, weights=replace(base), context=C if cfg.context else None)
     head_w, head_b = _fit_head(targets[:n_fit], params.item_vectors(ids, V, params.residual_map()),
                                users_in_space(U[:n_fit], (hidx[:n_fit], hw[:n_fit]), params), cfg)
@@ -352,7 +369,8 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
     scores = evaluate_slice(fit_events, val_events, item_ids, item_vecs, text_vecs, candidates, k=cfg.k)
     best = max(candidates, key=lambda name: (scores[name]["ndcg"], -grid[list(candidates).index(name)].head))
     chosen = candidates[best] if scores[best]["events"] else params
-    validation = {"chosen": asdict(chosen.weights), "grid": scores}
+    validation = {"chosen": asdict(chosen.weights), "grid": scores, "item_l2": item_l2,
+                  "item_l2_val_loss": {str(f[1]): round(f[0], 5) for f in fits}}
     return TrainResult(chosen, curve, validation, n_fit, time.perf_counter() - t0, asdict(cfg))
 
 
@@ -461,6 +479,9 @@ class PeriodicRetrainer:
         self.history.append({"at_event": len(events_so_far), "version": version if accepted else None,
                              "accepted": accepted, "pairs": result.pairs, "seconds": round(result.seconds, 2),
                              "candidate": scores["candidate"], "current": scores["current"],
-                             "weights": result.validation.get("chosen")})
+                             "weights": result.validation.get("chosen"), "item_l2": result.validation.get("item_l2")})
+        log.info("retrain at event %d: candidate NDCG@%d %.4f vs current %.4f on %d held-out events: %s",
+                 len(events_so_far), self.cfg.k, scores["candidate"]["ndcg"], scores["current"]["ndcg"],
+                 scores["candidate"]["events"], f"accepted as {version}" if accepted else "rejected")
         if accepted:
             rec.use_model(result.params, version)
