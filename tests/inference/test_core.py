@@ -60,6 +60,19 @@ def test_encoder_length_grouping_does_not_change_results(model_dir, encoder):
     assert cos.min() > 0.97
 
 
+def test_encoder_lanes_give_the_single_session_results(model_dir):
+    """Several calls of one encode run side by side on single-threaded sessions; FP32 makes the
+    comparison exact up to float rounding."""
+    from inference.encoder import Encoder
+
+    texts = [("fine strings " * (5 + 7 * k)).strip() for k in range(12)] + ["", "ok"]
+    one = Encoder(model_dir, variant="fp32", device="cpu", threads=1)
+    lanes = Encoder(model_dir, variant="fp32", device="cpu", threads=2, max_batch_tokens=128)
+    assert one.lanes == 0 and lanes.lanes == 2
+    a, b = one.encode(texts), lanes.encode(texts)
+    assert np.allclose(a, b, atol=1e-4) and not b[-2].any()
+
+
 def test_encoder_semantics_on_real_words(encoder):
     a, b, c = encoder.encode(["new guitar strings", "replacement strings for my acoustic guitar", "XLR microphone cable"])
     assert a @ b > a @ c + 0.2
