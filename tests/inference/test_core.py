@@ -349,15 +349,17 @@ def test_nan_user_vector_is_a_clear_error():
 
 
 def _trained(index: ItemIndex, seed: int = 11) -> ModelParams:
-    """A version as training leaves one: an adapter far from the identity, residuals on some
-    items, a head and its own blend weights."""
+    """A version as training leaves one: an adapter far from the identity, residuals and
+    context vectors (a user's history pulls them) on some items, a head and its own blend
+    weights."""
     rng = np.random.default_rng(seed)
     dim = index.dim
     adapter = (np.eye(dim) + rng.normal(0.0, 0.05, (dim, dim))).astype(np.float32)
     ids = sorted(index.ids())[:40]
     residuals = rng.normal(0.0, 0.1, (len(ids), dim)).astype(np.float32)
+    context = rng.normal(0.0, 0.1, (len(ids), dim)).astype(np.float32)
     return ModelParams(dim, adapter, ids, residuals, head_w=rng.normal(1.0, 0.5, dim).astype(np.float32),
-                       head_b=-0.2, weights=Weights(popularity=0.5, head=0.3))
+                       head_b=-0.2, weights=Weights(popularity=0.5, head=0.3), context=context)
 
 
 @pytest.mark.parametrize("version", ["v0", "trained"])
@@ -365,7 +367,7 @@ def test_chunk_ranked_together_equals_each_event_ranked_alone(catalogue, encoder
     """What a worker publishes for a chunk (observe all, then one recommend_many) is what
     observe + recommend after every event gives: repeated users, popularity moving with
     each click, a cold-start user (a 3-star review carries no signal) and a learned head;
-    under the encoder alone and under a trained version (adapter and residuals)."""
+    under the encoder alone and under a trained version (adapter, residuals, context)."""
     ds, index = catalogue
     ids = sorted(index.ids())
     rng = np.random.default_rng(3)
