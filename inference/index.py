@@ -201,7 +201,7 @@ class ItemIndex:
     def scores(self, query: np.ndarray) -> np.ndarray:
         """Dot products of one query (dim,) or a batch (b, dim) against every used row."""
         q = np.asarray(query, dtype=np.float32)
-        if q.ndim == 1 and self._cols is not None:
+        if self._cols is not None:  # (dim,) or (b, dim) times the column-major mirror
             return q @ self._cols[:, : self._top]
         return self.matrix @ q.T if q.ndim == 1 else q @ self.matrix.T
 

@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,10 @@ import numpy as np
 from .index import ItemIndex
 from .vectors import sigmoid, top_k
 
+#: Fewest users :meth:`Ranker.score_many` scores in one matrix product; below it, one product
+#: per user (OpenBLAS on the 2-core bench box, 10k x 384: 2 rows in one product took 2x as
+#: long as two single products; from ~8 rows on the product is ahead, 64 rows ~4x).
+MIN_BATCH = 8
 
 class Popularity:
     """Recency-weighted interaction counts per item, decayed in event time.
@@ -156,36 +160,84 @@ class Ranker:
 
     def score_all(self, user: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Blended scores for every index row, and each weighted part (dead rows at -inf)."""
-        items = self.index.matrix
-        parts: dict[str, np.ndarray] = {}
+        return self.score_many([user])[0]
+
+    def score_many(self, users: Sequence[np.ndarray | None],
+                   popularity: Sequence[np.ndarray | None] | None = None,
+                   ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """:meth:`score_all` for several users at once: one matrix product for all similarities.
+
+        Scoring one user reads the whole item matrix for a single dot product per item; a
+        chunk of users reads it once (measured on the 2-core bench box, 10k x 384: 0.47 ms
+        per user one at a time, 0.10 ms each in a product of 64). ``popularity[i]``, when
+        given, is the normalised popularity (``Popularity.dense``) user ``i`` is ranked with:
+        the worker ranks each event with the popularity as it was right after that event.
+        """
         w = self.weights
-        if user is not None:
-            parts["similarity"] = w.similarity * self.index.scores(user)
-            if self.head is not None and w.head:
-                parts["head"] = w.head * self.head.scores(user, items)
-        if w.popularity or user is None:
-            parts["popularity"] = (w.popularity or 1.0) * self.popularity.dense(self.index)
-        total = np.zeros(len(items), dtype=np.float32)
-        for arr in parts.values():
-            total += arr
-        total[~self.index.alive] = -np.inf
-        return total, parts
+        live = [i for i, u in enumerate(users) if u is not None]
+        if len(live) >= MIN_BATCH:
+            sims = self.index.scores(np.stack([users[i] for i in live]))
+        else:  # a product of very few rows is slower than as many single ones
+            sims = [self.index.scores(users[i]) for i in live]
+        sim_of = {i: k for k, i in enumerate(live)}
+        alive = self.index.alive
+        dead = ~alive if not alive.all() else None
+        shared_pop = None
+        out = []
+        for i, user in enumerate(users):
+            parts: dict[str, np.ndarray] = {}
+            if user is not None:
+                parts["similarity"] = w.similarity * sims[sim_of[i]]
+                if self.head is not None and w.head:
+                    parts["head"] = w.head * self.head.scores(user, self.index.matrix)
+            if w.popularity or user is None:
+                pop = popularity[i] if popularity is not None else None
+                if pop is None:
+                    if shared_pop is None:
+                        shared_pop = self.popularity.dense(self.index)
+                    pop = shared_pop
+                parts["popularity"] = (w.popularity or 1.0) * pop
+            total = np.zeros(len(alive), dtype=np.float32)
+            for arr in parts.values():
+                total += arr
+            if dead is not None:
+                total[dead] = -np.inf
+            out.append((total, parts))
+        return out
 
     def recommend(self, user: np.ndarray | None, n: int = 10, *, exclude: Iterable[str] = ()) -> Recommendation:
         """Top-``n`` for one user's unit vector (None = cold start), skipping ``exclude``."""
-        if user is not None and not np.all(np.isfinite(user)):
-            raise ValueError("user vector contains NaN or infinite values; reset this user's state")
-        total, parts = self.score_all(user)
+        return self.recommend_many([user], n, excludes=[exclude])[0]
+
+    def recommend_many(self, users: Sequence[np.ndarray | None], n: int = 10, *,
+                       excludes: Sequence[Iterable[str]] | None = None,
+                       popularity: Sequence[np.ndarray | None] | None = None) -> list[Recommendation]:
+        """:meth:`recommend` for several users (one list each, in order), scored together
+        (:meth:`score_many`). ``excludes[i]`` are the ids user ``i`` must not get."""
+        for user in users:
+            if user is not None and not np.all(np.isfinite(user)):
+                raise ValueError("user vector contains NaN or infinite values; reset this user's state")
+        scored = self.score_many(users, popularity)
+        return [self._pick(total, parts, n, excludes[i] if excludes is not None else (), cold_start=users[i] is None)
+                for i, (total, parts) in enumerate(scored)]
+
+    def _pick(self, total: np.ndarray, parts: dict[str, np.ndarray], n: int, exclude: Iterable[str],
+              cold_start: bool) -> Recommendation:
+        """The best ``n`` rows of ``total`` (modified: ``exclude`` set to -inf) as a list."""
         drop = self.index.mask_rows(exclude)
         if drop.size:
             total[drop] = -np.inf
         best = top_k(total, min(n, len(self.index)))
+        # whole-array gathers, not a numpy scalar per item and part (a third of ranking's Python time)
+        scores = total[best].tolist()
+        names = list(parts)
+        columns = [parts[name][best].tolist() for name in names]
         items = []
-        for row in best:
-            score = float(total[row])
+        for k, row in enumerate(best.tolist()):
+            score = scores[k]
             if not math.isfinite(score):
                 continue
-            row_parts = {name: float(arr[row]) for name, arr in parts.items()}
-            driver = max(row_parts, key=lambda k: abs(row_parts[k]))
+            row_parts = {name: col[k] for name, col in zip(names, columns)}
+            driver = max(row_parts, key=lambda name: abs(row_parts[name]))
             items.append(ScoredItem(self.index.id_at(row), score, row_parts, driver))
-        return Recommendation(items, cold_start=user is None)
+        return Recommendation(items, cold_start=cold_start)

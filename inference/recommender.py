@@ -22,11 +22,18 @@ A trained version (:class:`inference.model.ModelParams`) is switched in with
 :meth:`Recommender.prepare_model` (the slow part, safe on a worker thread) and
 :meth:`Recommender.activate` (a reference swap, done between two events). User state is
 model-independent (encoder space), so it stays valid across versions.
+
+A stream worker applies a whole chunk of events first and ranks them together:
+``requests.append(rec.request(state, model))`` after each ``observe``, then
+``rec.recommend_many(requests, model)`` with the one ``model = rec.active`` of the chunk: the
+same lists as ``recommend`` right after each event (each request keeps the user vector, seen
+items and popularity of its moment), with one matrix product for the chunk instead of one per
+event.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,6 +74,17 @@ class Query:
     #: The user's recent items and signed weights (``UserState.item_weights``) when the user
     #: is part of the query: a trained version's context vectors apply to them.
     history: dict[str, float] | None = None
+
+
+@dataclass(slots=True)
+class RankRequest:
+    """One user's moment to rank, copied out of the state (which later events change)."""
+
+    user: np.ndarray | None  # the user's vector in the model's space then (None: cold start)
+    exclude: tuple[str, ...]  # items not to recommend then
+    popularity: np.ndarray  # normalised item popularity then (``Popularity.dense``), per index row
+    layout: int  # ``ItemIndex.version`` of those rows: after a catalogue change, today's popularity is used
+    version: str  # the model version ``user`` is in
 
 
 @dataclass
@@ -206,6 +224,39 @@ class Recommender:
         rec = Recommendation(keep + explored, cold_start=wide.cold_start, model_version=model.version)
         self.explorer.shown(user_id, rec.item_ids)
         return rec
+
+    def request(self, state: UserState | None, model: ActiveModel | None = None) -> RankRequest:
+        """What :meth:`recommend` would rank for ``state`` now under ``model`` (default: the
+        active version), for :meth:`recommend_many` later. No exploration.
+
+        Raises ``ValueError`` at once for a user vector with NaN or infinite values, so one
+        corrupt user fails alone, never the chunk ranked with it.
+        """
+        model = model or self.active
+        user = self.user_vector(state, model)
+        if user is not None and not np.all(np.isfinite(user)):
+            raise ValueError("user vector contains NaN or infinite values; reset this user's state")
+        index = model.ranker.index
+        return RankRequest(user, tuple(self._exclude(state)), model.ranker.popularity.dense(index), index.version,
+                           model.version)
+
+    def recommend_many(self, requests: Sequence[RankRequest], model: ActiveModel | None = None,
+                       n: int | None = None) -> list[Recommendation]:
+        """One Top-N per request, in order, each as :meth:`recommend` gave it when requested;
+        ``model`` must be the version the requests were made for."""
+        if not requests:
+            return []
+        model = model or self.active
+        stale = next((r.version for r in requests if r.version != model.version), None)
+        if stale is not None:
+            raise ValueError(f"a request made for model {stale} cannot be ranked by {model.version}")
+        layout = model.ranker.index.version
+        recs = model.ranker.recommend_many([r.user for r in requests], n or self.config.top_n,
+                                           excludes=[r.exclude for r in requests],
+                                           popularity=[r.popularity if r.layout == layout else None for r in requests])
+        for rec in recs:
+            rec.model_version = model.version
+        return recs
 
     # -- requests from the API -----------------------------------------------------------
     def query(self, state: UserState | None, text_vec: np.ndarray | None = None,

@@ -403,10 +403,40 @@ def steady_rate(timestamps_ms: list[int], lo: float = 0.1, hi: float = 0.9) -> d
             "seconds": round(span, 3)}
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process (all its threads) has used so far (Linux)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_per_event(samples: list[tuple[int, dict[str, float | None]]], n: int, lo: float = 0.1,
+                  hi: float = 0.9) -> dict[str, float | None]:
+    """CPU ms per output of each process between the polls that saw ``lo`` and ``hi`` of ``n`` outputs.
+
+    Unlike events/s this barely moves when other work shares the cores, so it is what to compare
+    between two versions of the worker on a busy machine."""
+    first = next((s for s in samples if s[0] >= lo * n), None)
+    last = next((s for s in samples if s[0] >= hi * n), samples[-1] if samples else None)
+    if first is None or last is None or last[0] <= first[0]:
+        return {}
+    out: dict[str, float | None] = {}
+    for name, cpu in last[1].items():
+        before = first[1].get(name)
+        out[name] = None if cpu is None or before is None else round((cpu - before) * 1000.0 / (last[0] - first[0]), 3)
+    return out
+
+
 def collect_outputs(kafka, topic: str, start: dict[int, int], n: int, system: System, stall_s: float,
-                    progress: bool, desc: str) -> list[int]:
+                    progress: bool, desc: str, cpu_pids: dict[str, int | None] | None = None,
+                    cpu_samples: list | None = None) -> list[int]:
     """Wait until ``n`` records past ``start`` are on ``topic`` (or none arrive for ``stall_s``), then
-    read them; returns their Kafka timestamps (ms).
+    read them; returns their Kafka timestamps (ms). With ``cpu_pids``, each poll appends
+    ``(outputs so far, {name: CPU seconds})`` to ``cpu_samples``.
 
     While the system runs only end offsets are polled (cheap: reading 20k records alongside would
     take CPU from the measured system). Tansu's end offsets can stay short of the last batch for
@@ -424,6 +454,8 @@ def collect_outputs(kafka, topic: str, start: dict[int, int], n: int, system: Sy
                 system.check()
                 end = consumer.end_offsets(tps)
                 done = sum(end[tp] - start.get(tp.partition, 0) for tp in tps)
+                if cpu_pids and cpu_samples is not None:
+                    cpu_samples.append((done, {k: cpu_seconds(pid) for k, pid in cpu_pids.items()}))
                 bar.update(max(0, min(done, n) - bar.n))
                 if done != last:
                     last, last_change = done, time.monotonic()
@@ -630,10 +662,12 @@ def run_ceiling(argv: list[str]) -> int:
     p.add_argument("--fetch-wait-ms", type=int, default=10)
     args = p.parse_args(argv)
 
+    import gc
+
     import faust
-    from faust.worker import Worker
 
     from . import transport
+    from .app import faust_worker
     from .topics import Topics
 
     topics = Topics(args.prefix)
@@ -659,10 +693,12 @@ def run_ceiling(argv: list[str]) -> int:
 
     @app.agent(source, name="forward")
     async def forward(stream):
+        gc.collect()  # the worker's own start-up treatment (streams.app._settle_heap)
+        gc.freeze()
         async for event in stream.events():
             await sink.send(key=event.key, value=event.value)
 
-    Worker(app, loglevel="warn", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    faust_worker(app, "warn").execute_from_commandline()  # the worker's own set-up (no debug-level root logger)
     return 0
 
 
@@ -801,6 +837,7 @@ class Context:
     catalogue_npz: Path | None = None
     profile_dir: Path | None = None
     naive_threads: int = 1
+    broker_pid: int | None = None  # the embedded broker (its CPU per event is reported)
 
 
 def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
@@ -808,8 +845,9 @@ def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
     if not Path(spy).exists():
         log.warning("py-spy not found: no profile")
         return None
+    extra = os.environ.get("STREAMREC_PYSPY_ARGS", "").split()  # e.g. "--gil": only the thread holding the GIL
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-                             "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
+                             "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -865,9 +903,13 @@ def run_one(ctx: Context, name: str) -> dict:
         if ctx.profile_dir is not None:
             prof = _profile(system.proc.pid, plan.phase_s, ctx.profile_dir / f"{name}.txt")
         t0 = time.monotonic()
+        cpu_samples: list = []
         stamps = collect_outputs(kafka, topics.recommendations, start_offsets, n, system, plan.stall_s,
-                                 ctx.progress, f"{name}: saturation")
+                                 ctx.progress, f"{name}: saturation",
+                                 cpu_pids={"system": system.proc.pid, "broker": ctx.broker_pid},
+                                 cpu_samples=cpu_samples)
         result["saturation_wall_s"] = round(time.monotonic() - t0, 1)
+        result["cpu_ms_per_event"] = cpu_per_event(cpu_samples, n)
         if prof is not None:
             prof.wait()
     finally:
@@ -903,8 +945,13 @@ def run_one(ctx: Context, name: str) -> dict:
                 if plan.max_rate:
                     rate = min(rate, plan.max_rate * frac)
                 count = max(int(math.ceil(rate * plan.phase_s)), 4)
+                prof = None
+                if ctx.profile_dir is not None:
+                    prof = _profile(system.proc.pid, plan.phase_s, ctx.profile_dir / f"{name}-{frac:.0%}.txt")
                 sent, secs = paced_send(kafka, in_topic, src.take(count), rate, ctx.progress,
                                         f"{name}: {frac:.0%} ({rate:.0f}/s)", plan.linger_ms)
+                if prof is not None:
+                    prof.wait()
                 expected += len(sent)
                 deadline = time.monotonic() + (plan.drain_s or max(15.0, plan.phase_s * 2))
                 while reader.count < expected and time.monotonic() < deadline:
@@ -1086,7 +1133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads of the naive consumer (default 1: its best here; 0: torch's default)")
     p.add_argument("--linger-ms", type=int, default=None, help="load producer linger (default 5)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="py-spy each system during its saturation phase (collapsed stacks in DIR)")
+                   help="py-spy each system during its saturation and latency phases (collapsed stacks in DIR; env "
+                        "STREAMREC_PYSPY_ARGS adds py-spy flags, e.g. --gil)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--keep-work", action="store_true", help="keep logs and raw latency samples (temp dir)")
     return p
@@ -1175,14 +1223,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             broker = EmbeddedBroker(port=free_port(), log_file=work / "broker.log").start()
             kafka = KafkaConfig(broker.bootstrap)
+            ctx.broker_pid = broker.proc.pid if broker.proc is not None else None
         ctx.kafka = kafka
         for name in only:
             log.info("run %s ...", name)
             t = time.monotonic()
             runs[name] = run_one(ctx, name)
             runs[name]["run_wall_s"] = round(time.monotonic() - t, 1)
-            log.info("run %s: %s events/s, p50/p95/p99 %s/%s/%s ms at %s/s", name, runs[name]["events_per_s"],
-                     runs[name]["p50_ms"], runs[name]["p95_ms"], runs[name]["p99_ms"], runs[name]["offered_rate"])
+            log.info("run %s: %s events/s (CPU ms/event %s), p50/p95/p99 %s/%s/%s ms at %s/s", name,
+                     runs[name]["events_per_s"], runs[name].get("cpu_ms_per_event"), runs[name]["p50_ms"],
+                     runs[name]["p95_ms"], runs[name]["p99_ms"], runs[name]["offered_rate"])
     finally:
         if broker is not None:
             broker.stop()

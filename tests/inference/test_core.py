@@ -12,6 +12,7 @@ from inference.batcher import MicroBatcher
 from inference.datasets import load_dataset
 from inference.events import Event
 from inference.index import ItemIndex
+from inference.model import ModelParams
 from inference.ranking import LinearHead, Popularity, Ranker, Weights
 from inference.recommender import Recommender, RecommenderConfig
 from inference.user import UpdateConfig, UserState, apply_event
@@ -57,6 +58,19 @@ def test_encoder_length_grouping_does_not_change_results(model_dir, encoder):
     # INT8 quantizes activations per call, so batch-mates shift results a little, never much
     cos = np.sum(encoder.encode(texts) * np.stack([encoder.encode([t])[0] for t in texts]), axis=1)
     assert cos.min() > 0.97
+
+
+def test_encoder_lanes_give_the_single_session_results(model_dir):
+    """Several calls of one encode run side by side on single-threaded sessions; FP32 makes the
+    comparison exact up to float rounding."""
+    from inference.encoder import Encoder
+
+    texts = [("fine strings " * (5 + 7 * k)).strip() for k in range(12)] + ["", "ok"]
+    one = Encoder(model_dir, variant="fp32", device="cpu", threads=1)
+    lanes = Encoder(model_dir, variant="fp32", device="cpu", threads=2, max_batch_tokens=128)
+    assert one.lanes == 0 and lanes.lanes == 2
+    a, b = one.encode(texts), lanes.encode(texts)
+    assert np.allclose(a, b, atol=1e-4) and not b[-2].any()
 
 
 def test_encoder_semantics_on_real_words(encoder):
@@ -332,3 +346,84 @@ def test_nan_user_vector_is_a_clear_error():
     index.upsert("a", [1, 0])
     with pytest.raises(ValueError, match="NaN"):
         Ranker(index).recommend(np.array([np.nan, 0], np.float32))
+
+
+def _trained(index: ItemIndex, seed: int = 11) -> ModelParams:
+    """A version as training leaves one: an adapter far from the identity, residuals and
+    context vectors (a user's history pulls them) on some items, a head and its own blend
+    weights."""
+    rng = np.random.default_rng(seed)
+    dim = index.dim
+    adapter = (np.eye(dim) + rng.normal(0.0, 0.05, (dim, dim))).astype(np.float32)
+    ids = sorted(index.ids())[:40]
+    residuals = rng.normal(0.0, 0.1, (len(ids), dim)).astype(np.float32)
+    context = rng.normal(0.0, 0.1, (len(ids), dim)).astype(np.float32)
+    return ModelParams(dim, adapter, ids, residuals, head_w=rng.normal(1.0, 0.5, dim).astype(np.float32),
+                       head_b=-0.2, weights=Weights(popularity=0.5, head=0.3), context=context)
+
+
+@pytest.mark.parametrize("version", ["v0", "trained"])
+def test_chunk_ranked_together_equals_each_event_ranked_alone(catalogue, encoder, version):
+    """What a worker publishes for a chunk (observe all, then one recommend_many) is what
+    observe + recommend after every event gives: repeated users, popularity moving with
+    each click, a cold-start user (a 3-star review carries no signal) and a learned head;
+    under the encoder alone and under a trained version (adapter, residuals, context)."""
+    ds, index = catalogue
+    ids = sorted(index.ids())
+    rng = np.random.default_rng(3)
+    head = LinearHead(w=rng.normal(1.0, 0.5, index.dim).astype(np.float32), b=-0.2)
+    text = "Warm tone, the strings stay in tune for weeks."
+    text_vec = encoder.encode([text])[0]
+    events = [Event("cold", ids[5], "review", 1_400_000_000.0, event_id="c0", rating=3.0, text=text)]
+    for k in range(40):
+        user = f"u{rng.integers(4)}"
+        events.append(Event(user, ids[int(rng.integers(60))], "click", 1_400_000_001.0 + k, event_id=f"e{k}"))
+    cfg = dict(config=RecommenderConfig(top_n=15, weights=Weights(popularity=0.5, head=0.3)), head=head)
+    alone, together = Recommender(index, **cfg), Recommender(index, **cfg)
+    if version == "trained":
+        alone.use_model(_trained(index), "v7")
+        together.use_model(_trained(index), "v7")
+    # the same head, weights and popularity in the encoder's space: what the version changes
+    plain = Ranker(index, alone.popularity, head=alone.ranker.head, weights=alone.ranker.weights)
+    model = together.active
+    states_a: dict[str, UserState] = {}
+    states_b: dict[str, UserState] = {}
+    expected, requests, base = [], [], []
+    for ev in events:
+        vec = text_vec if ev.text else None
+        sa = states_a.setdefault(ev.user_id, alone.new_state())
+        alone.observe(sa, ev, vec)
+        expected.append(alone.recommend(sa))
+        base.append(plain.recommend(sa.unit(), 15, exclude=sa.recent_items))
+        sb = states_b.setdefault(ev.user_id, together.new_state())
+        together.observe(sb, ev, vec)
+        requests.append(together.request(sb, model))
+    got = together.recommend_many(requests, model)
+    assert got[0].cold_start and not got[1].cold_start
+    assert len({r.popularity.tobytes() for r in requests}) > 30  # popularity did move between events
+    want_version = "v7" if version == "trained" else "v0"
+    differ = sum(a.item_ids != b.item_ids for a, b in zip(expected, base))
+    assert differ > 20 if version == "trained" else differ == 0  # the version's space ranks its own way
+    for want, have in zip(expected, got):
+        assert want.model_version == have.model_version == want_version
+        assert have.cold_start == want.cold_start
+        assert have.item_ids == want.item_ids
+        assert np.allclose([i.score for i in have.items], [i.score for i in want.items], atol=1e-5)
+        assert [i.driver for i in have.items] == [i.driver for i in want.items]
+
+
+def test_ranking_requests_survive_a_catalogue_change():
+    index = ItemIndex(dim=2)
+    index.upsert_many(["a", "b"], [[1, 0], [0, 1]])
+    rec = Recommender(index)
+    state = rec.new_state()
+    rec.observe(state, Event("u", "a", "click", 1.0, event_id="e1"))
+    request = rec.request(state)
+    index.upsert("c", [0.9, 0.1])  # a new row: the request's popularity is one row short
+    (top,) = rec.recommend_many([request])
+    assert top.item_ids[0] == "c" and "a" not in top.item_ids
+    with pytest.raises(ValueError, match="NaN"):
+        rec.ranker.recommend_many([np.array([1, 0], np.float32), np.array([np.nan, 0], np.float32)])
+    rec.use_model(ModelParams(2, np.array([[0, 1], [1, 0]], np.float32)), "v1")
+    with pytest.raises(ValueError, match="made for model v0"):  # its vector is in the encoder's space
+        rec.recommend_many([request])

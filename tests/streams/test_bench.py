@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 from streams import bench
 
@@ -20,6 +22,7 @@ def test_bench_pipeline_quick_writes_the_documented_report(broker, model_dir, tm
             assert isinstance(run[key], (int, float)) and run[key] > 0, (name, key, run)
         assert run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"], (name, run)
         assert run["latency"] and all(ph["received"] > 0 for ph in run["latency"]), (name, run["latency"])
+        assert isinstance(run["cpu_ms_per_event"], dict), (name, run)  # empty when too few polls
     assert report["encoder_yardstick"]["sentences_per_s"] > 0
     assert set(report["targets"]) >= {"clicks_vs_ceiling", "clicks_p99_ms_at_half_saturation",
                                       "reviews_vs_encoder_batch", "reviews_vs_naive"}
@@ -34,3 +37,17 @@ def test_steady_rate_and_percentiles():
     assert rate["outputs"] == 101 and abs(rate["events_per_s"] - 100.0) < 1e-6
     p = bench.percentiles_ms([0.001 * i for i in range(1, 101)])
     assert p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"] <= p["max_ms"] == 100.0
+
+
+def test_cpu_per_event_between_the_polls_at_10_and_90_percent():
+    before = bench.cpu_seconds(os.getpid())
+    end = time.process_time() + 0.05
+    while time.process_time() < end:  # burn a little CPU in this process
+        pass
+    assert before is not None and bench.cpu_seconds(os.getpid()) > before
+    assert bench.cpu_seconds(None) is None
+    samples = [(0, {"system": 1.0, "broker": 0.5}), (10, {"system": 1.2, "broker": 0.6}),
+               (50, {"system": 2.0, "broker": None}), (95, {"system": 3.0, "broker": 1.5})]
+    # polls at 10 and 95 outputs of 100: 1.8 s and 0.9 s of CPU over 85 outputs
+    assert bench.cpu_per_event(samples, 100) == {"system": round(1800 / 85, 3), "broker": round(900 / 85, 3)}
+    assert bench.cpu_per_event(samples[:1], 100) == {}
