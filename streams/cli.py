@@ -70,6 +70,11 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fetch-wait-ms", type=int, default=int(env("STREAMREC_FETCH_WAIT_MS", "10")))
     p.add_argument("--producer-batch-bytes", type=int, default=None,
                    help="producer batch.size; 1 = one record per batch (see README: Tansu and changelog recovery)")
+    p.add_argument("--chunk-size", type=int, default=int(env("STREAMREC_CHUNK_SIZE", "64")),
+                   help="events taken per chunk (encoded and ranked together): larger = more throughput, "
+                        "higher worst-case latency (default %(default)s)")
+    p.add_argument("--chunk-wait-ms", type=float, default=float(env("STREAMREC_CHUNK_WAIT_MS", "5")),
+                   help="how long a chunk waits to fill up (default %(default)s)")
     p.add_argument("--batch-max", type=int, default=32)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-tokens", type=int, default=None)
@@ -98,6 +103,7 @@ def worker_config(args: argparse.Namespace):
         unknown_items=args.unknown_items, min_interval_ms=args.min_interval_ms, explain=args.explain,
         session_timeout_s=args.session_timeout, heartbeat_s=args.heartbeat, fetch_wait_ms=args.fetch_wait_ms,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, loglevel=args.loglevel,
+        chunk_size=args.chunk_size, chunk_wait_s=args.chunk_wait_ms / 1000.0,
         producer_batch_bytes=args.producer_batch_bytes, registry=args.registry.expanduser() if args.registry else None,
         retrain_every_events=args.retrain_every_events, retrain_interval_s=args.retrain_interval_s,
         replication_factor=args.replication_factor,
