@@ -142,6 +142,9 @@ def cmd_broker(args) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, _stop)
+    # Explicitly, not Python's default: a process started in the background by a
+    # non-interactive shell inherits SIGINT *ignored*, and Ctrl-C / kill -INT would do nothing.
+    signal.signal(signal.SIGINT, _stop)
     try:
         broker.start()
         print(f"embedded broker (Tansu, in-memory) on {broker.bootstrap}: Ctrl-C stops it and drops its topics",
