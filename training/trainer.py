@@ -11,7 +11,7 @@ What is fitted, warm-started from the parent version each time:
    vectors ``c_h`` (items with at least ``min_item_events`` interactions) with a
    sampled-softmax loss over ``s * <u', unit(v_i A + r_i)>``, where the user is
    ``u' = unit(unit(u A) + sum_h a_h c_h / sum_h |a_h|)`` over their recent items ``h`` (``s`` a
-   learned scale), L2-pulled towards the parent;
+   learned scale), each L2-pulled towards the parent's values (zero for a new item);
 2. the head ``sigmoid(w . (u' * v') + b)`` by logistic regression against sampled negatives;
 3. the blend weights (popularity, head) by a small grid on a validation slice, measured with
    the online ranking code (:meth:`Recommender.score_all`).
@@ -246,8 +246,11 @@ def _fit_space(U: np.ndarray, hist: tuple[np.ndarray, np.ndarray], targets: np.n
         for s in range(0, n, batch):
             b = perm[s: s + batch]
             loss = batch_loss(Ut[b], Hi[b], Hw[b], Tt[b])
-            reg = (cfg.adapter_l2 * ((A - A0) ** 2).sum() + cfg.residual_l2 * (R ** 2).sum()
-                   + cfg.context_l2 * (C ** 2).sum())
+            # Everything is pulled towards the parent, not towards zero: an item missing from
+            # this run's events keeps what earlier runs learned (Adam would otherwise shrink
+            # its vectors by about lr per step, from the penalty's gradient alone).
+            reg = (cfg.adapter_l2 * ((A - A0) ** 2).sum() + cfg.residual_l2 * ((R - R0) ** 2).sum()
+                   + cfg.context_l2 * ((C - C0) ** 2).sum())
             opt.zero_grad()
             (loss + reg).backward()
             opt.step()
