@@ -460,6 +460,8 @@ class PeriodicRetrainer:
 
     def __call__(self, rec: Recommender, events_so_far: Sequence[Event],
                  text_vecs: dict[str, np.ndarray] | None = None) -> None:
+        if len(events_so_far) < self._last:  # a new replay (e.g. the offline protocol after the stream)
+            self._last = 0
         if self.every and len(events_so_far) - self._last < self.every:
             return
         self._last = len(events_so_far)

@@ -154,3 +154,16 @@ def test_periodic_retrainer_trains_only_every_n_events():
     assert [h["at_event"] for h in hook.history] == [400]
     hook(rec, events)
     assert [h["at_event"] for h in hook.history] == [400, 800]
+
+
+def test_periodic_retrainer_trains_again_for_a_new_replay():
+    """The evaluation replays the stream, then the offline protocol's shorter training part:
+    the second replay must train although fewer events came than at the last training."""
+    from training.trainer import PeriodicRetrainer
+
+    idx, ids = random_index()
+    events = [click(f"u{k % 40}", ids[(k * 7) % 50], k * 60.0, k) for k in range(800)]
+    hook = PeriodicRetrainer(TrainConfig(epochs=1), every=400)
+    hook(Recommender(idx), events)
+    hook(Recommender(idx), events[:700])  # the offline protocol's training part
+    assert [h["at_event"] for h in hook.history] == [800, 700]
