@@ -9,20 +9,13 @@ from inference.explore import ExploreConfig, Explorer
 from inference.index import ItemIndex
 from inference.recommender import Recommender, RecommenderConfig
 from inference.user import UpdateConfig, UserState, apply_event
+from smallsets import click, random_index
 
 DAY = 86400.0
 
 
 def index(n: int = 300, dim: int = 24, seed: int = 0) -> tuple[ItemIndex, list[str]]:
-    rng = np.random.default_rng(seed)
-    ids = [f"i{k}" for k in range(n)]
-    idx = ItemIndex(dim)
-    idx.upsert_many(ids, rng.standard_normal((n, dim)))
-    return idx, ids
-
-
-def click(user: str, item: str, t: float, k: int) -> Event:
-    return Event(user, item, "click", t, event_id=f"{user}-{k}")
+    return random_index(n, dim, seed)
 
 
 # -- user state weights ------------------------------------------------------------------------

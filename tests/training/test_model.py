@@ -13,21 +13,10 @@ from inference.events import Event
 from inference.index import ItemIndex
 from inference.model import ModelParams
 from inference.recommender import Recommender
+from smallsets import click, random_index
 from training.trainer import TrainConfig, train_version
 
 DAY = 86400.0
-
-
-def random_index(n: int = 200, dim: int = 16, seed: int = 0) -> tuple[ItemIndex, list[str]]:
-    rng = np.random.default_rng(seed)
-    ids = [f"i{k}" for k in range(n)]
-    idx = ItemIndex(dim)
-    idx.upsert_many(ids, rng.standard_normal((n, dim)))
-    return idx, ids
-
-
-def click(user: str, item: str, t: float, k: int) -> Event:
-    return Event(user, item, "click", t, event_id=f"{user}-{k}")
 
 
 def test_context_vectors_round_trip_and_a_wrong_shape_is_refused(tmp_path):
