@@ -61,7 +61,8 @@ class ModelParams:
     context: np.ndarray | None = None  # (len(residual_ids), dim): the same items as history
 
     def __post_init__(self) -> None:
-        self._context_rows = {i: k for k, i in enumerate(self.residual_ids)} if self.context is not None else {}
+        #: item id -> its row of ``context`` (empty without context vectors); derived, not saved
+        self.context_rows = {i: k for k, i in enumerate(self.residual_ids)} if self.context is not None else {}
 
     @classmethod
     def identity(cls, dim: int, weights: Weights | None = None) -> ModelParams:
@@ -92,7 +93,7 @@ class ModelParams:
             return None
         rows, weights = [], []
         for item_id, a in history.items():
-            k = self._context_rows.get(item_id)
+            k = self.context_rows.get(item_id)
             if k is not None and a == a and a != 0.0:  # a == a: not NaN (format-1 state)
                 rows.append(k)
                 weights.append(a)

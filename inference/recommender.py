@@ -367,7 +367,7 @@ class Recommender:
         hist_vecs = lin(self.index.matrix[hist_rows]) if hist_ids else None
         ctx_vecs = ctx_scale = None
         if hist_ids and ctx is not None:  # each item's context pull: w_sim * s_ctx * a_h * c_h / sum |a|
-            rows = model.params._context_rows
+            rows = model.params.context_rows
             total_w = sum(abs(a) for h, a in q.history.items() if h in rows and a == a)
             ctx_vecs = np.zeros_like(hist_vecs)
             for j, h in enumerate(hist_ids):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import ssl
+import time
 from dataclasses import dataclass, field
 
 DEFAULT_BROKER = "127.0.0.1:9092"
@@ -153,3 +154,19 @@ def kafka_from_args(args: argparse.Namespace) -> KafkaConfig:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
+
+
+def topic_partitions(consumer, topic: str, timeout_s: float = 30.0) -> list:
+    """A kafka-python consumer's ``TopicPartition`` list for ``topic``, waiting up to
+    ``timeout_s`` for its metadata (``RuntimeError`` with what to do if it never comes)."""
+    from kafka import TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        time.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions after {timeout_s:.0f} s: create the topics first "
+                       "(`streamrec topics`)")
+

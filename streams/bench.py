@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inference.wire import topic_partitions
+
 if TYPE_CHECKING:
     from .topics import Topics
 
@@ -262,18 +264,6 @@ def _consumer(kafka, **kw):
     return KafkaConsumer(**kafka.kafka_python(), **opts)
 
 
-def _partitions(consumer, topic: str, timeout_s: float = 30.0) -> list:
-    from kafka import TopicPartition
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        time.sleep(0.1)
-    raise TimeoutError(f"topic {topic} has no partitions after {timeout_s:.0f}s")
-
-
 def preload(kafka, topic: str, records: list[tuple[bytes, bytes, str]], progress: bool) -> None:
     from tqdm import tqdm
 
@@ -447,7 +437,7 @@ def collect_outputs(kafka, topic: str, start: dict[int, int], n: int, system: Sy
 
     consumer = _consumer(kafka, fetch_max_wait_ms=100, max_partition_fetch_bytes=8 * 1024 * 1024)
     try:
-        tps = _partitions(consumer, topic)
+        tps = topic_partitions(consumer, topic)
         done, last, last_change = 0, -1, time.monotonic()
         with tqdm(total=n, desc=desc, unit="ev", disable=not progress, leave=False, mininterval=0.5) as bar:
             while done < n:
@@ -482,7 +472,7 @@ def collect_outputs(kafka, topic: str, start: dict[int, int], n: int, system: Sy
 def end_offsets(kafka, topic: str) -> dict[int, int]:
     consumer = _consumer(kafka)
     try:
-        tps = _partitions(consumer, topic)
+        tps = topic_partitions(consumer, topic)
         return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
     finally:
         consumer.close()

@@ -35,7 +35,7 @@ import numpy as np
 
 from inference.events import Event, InvalidEvent, parse_event, parse_item
 from inference.model import ModelParams
-from inference.wire import KafkaConfig, Topics, add_kafka_args, kafka_from_args
+from inference.wire import KafkaConfig, Topics, add_kafka_args, kafka_from_args, topic_partitions
 
 from .registry import Registry
 from .trainer import TrainConfig, evaluate_slice, split_holdout, train_version
@@ -76,25 +76,13 @@ def _consumer(kafka: KafkaConfig):
                          consumer_timeout_ms=1000, **kafka.kafka_python())
 
 
-def _partitions(consumer, topic: str, wait_s: float = 30.0) -> list:
-    from kafka import TopicPartition
-
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        time.sleep(0.2)
-    raise RuntimeError(f"topic {topic} does not exist: create the topics first (`streamrec topics`)")
-
-
 def read_range(kafka: KafkaConfig, topics: Sequence[str], start: dict[str, int] | None = None,
                ) -> tuple[list, dict[str, int], dict[str, int]]:
     """Every record of ``topics`` from ``start`` (``"topic:partition" -> offset``; missing:
     the beginning) to the end offsets seen now. Returns ``(records, start, end)``."""
     consumer = _consumer(kafka)
     try:
-        tps = [tp for t in topics for tp in _partitions(consumer, t)]
+        tps = [tp for t in topics for tp in topic_partitions(consumer, t)]
         consumer.assign(tps)
         begin = consumer.beginning_offsets(tps)
         end = consumer.end_offsets(tps)
@@ -331,7 +319,7 @@ def run_trainer(cfg: TrainerConfig, stop=None) -> None:
 
     encoder = Encoder(cfg.model_dir)
     consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=200, **cfg.kafka.kafka_python())
-    tps = _partitions(consumer, cfg.topics.control)
+    tps = topic_partitions(consumer, cfg.topics.control)
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     history: list = []

@@ -29,6 +29,17 @@ def catalogue(ds) -> list[str]:
     return sorted(ds.items)[:400]
 
 
+def published_catalogue(broker, ds):
+    """Fresh 3-partition topics with :func:`catalogue`'s items published: ``(kafka, topics, items)``."""
+    kafka = KafkaConfig(broker.bootstrap)
+    topics = fresh_topics(kafka, partitions=3)
+    items = catalogue(ds)
+    prod = producer(kafka)
+    publish_catalogue(prod, topics, [ds.items[i] for i in items])
+    prod.close()
+    return kafka, topics, items
+
+
 def pairs_of(items: list[str], n: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     chosen = rng.sample(items, 2 * n)
@@ -59,12 +70,7 @@ def start_trainer(kafka: KafkaConfig, topics, registry, model_dir, log_path, *ex
 
 def test_retrain_is_triggered_published_and_swapped_in_without_losing_events(broker, model_dir, mi_dataset,
                                                                              tmp_path):
-    kafka = KafkaConfig(broker.bootstrap)
-    topics = fresh_topics(kafka, partitions=3)
-    prod = producer(kafka)
-    items = catalogue(mi_dataset)
-    publish_catalogue(prod, topics, [mi_dataset.items[i] for i in items])
-    prod.close()
+    kafka, topics, items = published_catalogue(broker, mi_dataset)
     registry = tmp_path / "registry"
     pairs = pairs_of(items, 100, seed=1)
     w = start_worker(kafka, topics, model_dir, tmp_path / "w", "--partitions", "3", "--registry", str(registry),
@@ -146,12 +152,7 @@ def test_a_worse_model_is_rejected_and_kept_with_its_numbers(broker, model_dir, 
     """v1 learns "A then B". Then the trainer is fed "A then C" for a while, and the newest
     events (the held-out slice) go back to "A then B": the candidate, pulled towards C, is worse
     than v1 on them, so it is kept as rejected and nothing is published."""
-    kafka = KafkaConfig(broker.bootstrap)
-    topics = fresh_topics(kafka, partitions=3)
-    items = catalogue(mi_dataset)
-    prod = producer(kafka)
-    publish_catalogue(prod, topics, [mi_dataset.items[i] for i in items])
-    prod.close()
+    kafka, topics, items = published_catalogue(broker, mi_dataset)
     registry = tmp_path / "registry"
     ab = pairs_of(items, 100, seed=3)
     rng = random.Random(4)
