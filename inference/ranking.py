@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .index import ItemIndex
-from .vectors import sigmoid, top_k
+from .vectors import sigmoid, top_k_rows
 
 #: Fewest users :meth:`Ranker.score_many` scores in one matrix product; below it, one product
 #: per user (OpenBLAS on the 2-core bench box, 10k x 384: 2 rows in one product took 2x as
@@ -167,43 +167,66 @@ class Ranker:
                    ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """:meth:`score_all` for several users at once: one matrix product for all similarities.
 
+        ``popularity[i]``, when given, is the normalised popularity (``Popularity.dense``) user
+        ``i`` is ranked with: the worker ranks each event with the popularity as it was right
+        after that event.
+        """
+        total, parts, present = self._score_block(users, popularity)
+        return [(total[i], {name: parts[name][i] for name in present[i]}) for i in range(len(users))]
+
+    def _score_block(self, users: Sequence[np.ndarray | None], popularity: Sequence[np.ndarray | None] | None,
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[str, ...]]]:
+        """Scores as matrices: ``total`` (users x index rows, dead rows at -inf), each weighted
+        part (zero where a user lacks it) and the parts each user has.
+
         Scoring one user reads the whole item matrix for a single dot product per item; a
         chunk of users reads it once (measured on the 2-core bench box, 10k x 384: 0.47 ms
-        per user one at a time, 0.10 ms each in a product of 64). ``popularity[i]``, when
-        given, is the normalised popularity (``Popularity.dense``) user ``i`` is ranked with:
-        the worker ranks each event with the popularity as it was right after that event.
+        per user one at a time, 0.10 ms each in a product of 64).
         """
         w = self.weights
+        b, n_rows = len(users), len(self.index.alive)
         live = [i for i, u in enumerate(users) if u is not None]
-        if len(live) >= MIN_BATCH:
-            sims = self.index.scores(np.stack([users[i] for i in live]))
-        else:  # a product of very few rows is slower than as many single ones
-            sims = [self.index.scores(users[i]) for i in live]
-        sim_of = {i: k for k, i in enumerate(live)}
+        parts: dict[str, np.ndarray] = {}
+        names: list[list[str]] = [[] for _ in users]
+        if live:
+            U = np.stack([users[i] for i in live]).astype(np.float32, copy=False)
+            if len(live) >= MIN_BATCH:
+                sims = self.index.scores(U)
+            else:  # a product of very few rows is slower than as many single ones
+                sims = np.stack([self.index.scores(u) for u in U]) if n_rows else np.zeros((len(live), 0), np.float32)
+            sims *= np.float32(w.similarity)
+            use_head = self.head is not None and bool(w.head)
+            if len(live) == b:
+                parts["similarity"] = sims
+            else:
+                parts["similarity"] = np.zeros((b, n_rows), np.float32)
+                parts["similarity"][live] = sims
+            if use_head:  # sigmoid(w . (u * v) + b) for every item v: one more product
+                parts["head"] = np.zeros((b, n_rows), np.float32)
+                if n_rows:
+                    parts["head"][live] = w.head * sigmoid((U * self.head.w) @ self.index.matrix.T + self.head.b)
+            for i in live:
+                names[i] += ["similarity", "head"] if use_head else ["similarity"]
+        pop_rows = [i for i, u in enumerate(users) if w.popularity or u is None]
+        if pop_rows:
+            shared = None
+            pop = np.zeros((b, n_rows), np.float32)
+            for i in pop_rows:
+                row = popularity[i] if popularity is not None else None
+                if row is None:
+                    if shared is None:
+                        shared = self.popularity.dense(self.index)
+                    row = shared
+                pop[i] = (w.popularity or 1.0) * row
+                names[i].append("popularity")
+            parts["popularity"] = pop
+        total = np.zeros((b, n_rows), np.float32)
+        for arr in parts.values():
+            total += arr
         alive = self.index.alive
-        dead = ~alive if not alive.all() else None
-        shared_pop = None
-        out = []
-        for i, user in enumerate(users):
-            parts: dict[str, np.ndarray] = {}
-            if user is not None:
-                parts["similarity"] = w.similarity * sims[sim_of[i]]
-                if self.head is not None and w.head:
-                    parts["head"] = w.head * self.head.scores(user, self.index.matrix)
-            if w.popularity or user is None:
-                pop = popularity[i] if popularity is not None else None
-                if pop is None:
-                    if shared_pop is None:
-                        shared_pop = self.popularity.dense(self.index)
-                    pop = shared_pop
-                parts["popularity"] = (w.popularity or 1.0) * pop
-            total = np.zeros(len(alive), dtype=np.float32)
-            for arr in parts.values():
-                total += arr
-            if dead is not None:
-                total[dead] = -np.inf
-            out.append((total, parts))
-        return out
+        if not alive.all():
+            total[:, ~alive] = -np.inf
+        return total, parts, [tuple(n) for n in names]
 
     def recommend(self, user: np.ndarray | None, n: int = 10, *, exclude: Iterable[str] = ()) -> Recommendation:
         """Top-``n`` for one user's unit vector (None = cold start), skipping ``exclude``."""
@@ -213,31 +236,32 @@ class Ranker:
                        excludes: Sequence[Iterable[str]] | None = None,
                        popularity: Sequence[np.ndarray | None] | None = None) -> list[Recommendation]:
         """:meth:`recommend` for several users (one list each, in order), scored together
-        (:meth:`score_many`). ``excludes[i]`` are the ids user ``i`` must not get."""
+        (:meth:`score_many`) and picked together (one top-k over the users x items matrix).
+        ``excludes[i]`` are the ids user ``i`` must not get."""
         for user in users:
             if user is not None and not np.all(np.isfinite(user)):
                 raise ValueError("user vector contains NaN or infinite values; reset this user's state")
-        scored = self.score_many(users, popularity)
-        return [self._pick(total, parts, n, excludes[i] if excludes is not None else (), cold_start=users[i] is None)
-                for i, (total, parts) in enumerate(scored)]
-
-    def _pick(self, total: np.ndarray, parts: dict[str, np.ndarray], n: int, exclude: Iterable[str],
-              cold_start: bool) -> Recommendation:
-        """The best ``n`` rows of ``total`` (modified: ``exclude`` set to -inf) as a list."""
-        drop = self.index.mask_rows(exclude)
-        if drop.size:
-            total[drop] = -np.inf
-        best = top_k(total, min(n, len(self.index)))
-        # whole-array gathers, not a numpy scalar per item and part (a third of ranking's Python time)
-        scores = total[best].tolist()
-        names = list(parts)
-        columns = [parts[name][best].tolist() for name in names]
-        items = []
-        for k, row in enumerate(best.tolist()):
-            score = scores[k]
-            if not math.isfinite(score):
-                continue
-            row_parts = {name: col[k] for name, col in zip(names, columns)}
-            driver = max(row_parts, key=lambda name: abs(row_parts[name]))
-            items.append(ScoredItem(self.index.id_at(row), score, row_parts, driver))
-        return Recommendation(items, cold_start=cold_start)
+        if not users:
+            return []
+        total, parts, present = self._score_block(users, popularity)
+        if excludes is not None:
+            drops = [self.index.mask_rows(ex) for ex in excludes]
+            cols = [d for d in drops if d.size]
+            if cols:
+                total[np.repeat(np.arange(len(drops)), [d.size for d in drops]), np.concatenate(cols)] = -np.inf
+        best = top_k_rows(total, min(n, len(self.index)))
+        # whole-matrix gathers, then plain Python floats: not a numpy scalar per item and part
+        scores = np.take_along_axis(total, best, 1).tolist()
+        columns = {name: np.take_along_axis(arr, best, 1).tolist() for name, arr in parts.items()}
+        id_at, out = self.index.id_at, []
+        for i, rows in enumerate(best.tolist()):
+            items = []
+            for k, row in enumerate(rows):
+                score = scores[i][k]
+                if not math.isfinite(score):
+                    continue
+                row_parts = {name: columns[name][i][k] for name in present[i]}
+                driver = max(row_parts, key=lambda name: abs(row_parts[name]))
+                items.append(ScoredItem(id_at(row), score, row_parts, driver))
+            out.append(Recommendation(items, cold_start=users[i] is None))
+        return out

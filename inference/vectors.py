@@ -36,3 +36,14 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         part = np.arange(n)
     order = np.lexsort((part, -scores[part]))
     return part[order]
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`top_k` for each row of a 2-D array at once: ``(rows, k)`` column indices."""
+    b, n = scores.shape
+    k = min(k, n)
+    if k <= 0:
+        return np.empty((b, 0), dtype=np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (b, 1))
+    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=-1)
+    return np.take_along_axis(part, order, 1)

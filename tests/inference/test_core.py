@@ -427,3 +427,17 @@ def test_ranking_requests_survive_a_catalogue_change():
     rec.use_model(ModelParams(2, np.array([[0, 1], [1, 0]], np.float32)), "v1")
     with pytest.raises(ValueError, match="made for model v0"):  # its vector is in the encoder's space
         rec.recommend_many([request])
+
+
+def test_top_k_of_many_rows_is_top_k_of_each_row():
+    """The chunk's top-k (one argpartition over users x items) picks what each row alone
+    picks, ties broken towards the lower index, and a k past the row length gives every row."""
+    from inference.vectors import top_k, top_k_rows
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, (30, 50)).astype(np.float32)  # many ties
+    scores[3, 7] = -np.inf
+    for k in (1, 10, 50, 80):
+        got = top_k_rows(scores, k)
+        assert got.shape == (30, min(k, 50))
+        assert all(list(got[i]) == list(top_k(scores[i], k)) for i in range(30))
