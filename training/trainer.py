@@ -453,6 +453,7 @@ class PeriodicRetrainer:
         self.window = window
         self.every = every  # train only once this many events came since the last time (0: at every call)
         self._last = 0
+        self._mark: Event | None = None  # the last event of the replay at the last training
         self.replay_sample = replay_sample
         self.progress = progress
         self.history: list[dict] = []
@@ -460,11 +461,14 @@ class PeriodicRetrainer:
 
     def __call__(self, rec: Recommender, events_so_far: Sequence[Event],
                  text_vecs: dict[str, np.ndarray] | None = None) -> None:
-        if len(events_so_far) < self._last:  # a new replay (e.g. the offline protocol after the stream)
+        n = len(events_so_far)
+        # A new replay (e.g. the offline protocol's training part after the stream): shorter than
+        # the last call, or not the same events up to where the last training stopped.
+        if n < self._last or (self._last and events_so_far[self._last - 1] is not self._mark):
             self._last = 0
-        if self.every and len(events_so_far) - self._last < self.every:
+        if self.every and n - self._last < self.every:
             return
-        self._last = len(events_so_far)
+        self._last, self._mark = n, events_so_far[n - 1] if n else None
         recent = list(events_so_far[-self.window:])
         older = events_so_far[: max(0, len(events_so_far) - self.window)]
         sample = self._rng.sample(list(older), min(self.replay_sample, len(older))) if older else []

@@ -156,3 +156,10 @@ def test_periodic_retrainer_trains_again_for_a_new_replay():
     hook(Recommender(idx), events)
     hook(Recommender(idx), events[:700])  # the offline protocol's training part
     assert [h["at_event"] for h in hook.history] == [800, 700]
+    # the offline part can also be longer than where the stream last trained: the stream trained
+    # at 400 and skipped 600 as too soon; held-out events taken out all along leave 760 others
+    hook = PeriodicRetrainer(TrainConfig(epochs=1), every=400)
+    hook(Recommender(idx), events[:400])
+    hook(Recommender(idx), events[:600])
+    hook(Recommender(idx), [e for k, e in enumerate(events) if k % 20 != 19])
+    assert [h["at_event"] for h in hook.history] == [400, 760]
