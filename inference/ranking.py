@@ -102,8 +102,9 @@ class LinearHead:
     w: np.ndarray
     b: float = 0.0
 
-    def scores(self, user: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return sigmoid(items @ (user * self.w) + self.b)
+    def scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """One user (dim,) against every item: (items,); a batch (b, dim): (b, items)."""
+        return sigmoid((users * self.w) @ items.T + self.b)
 
 
 @dataclass
@@ -204,7 +205,7 @@ class Ranker:
             if use_head:  # sigmoid(w . (u * v) + b) for every item v: one more product
                 parts["head"] = np.zeros((b, n_rows), np.float32)
                 if n_rows:
-                    parts["head"][live] = w.head * sigmoid((U * self.head.w) @ self.index.matrix.T + self.head.b)
+                    parts["head"][live] = w.head * self.head.scores(U, self.index.matrix)
             for i in live:
                 names[i] += ["similarity", "head"] if use_head else ["similarity"]
         pop_rows = [i for i, u in enumerate(users) if w.popularity or u is None]

@@ -27,15 +27,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest entries of a 1-D array, best first (ties: lower index first)."""
-    n = scores.shape[0]
-    if k <= 0 or n == 0:
-        return np.empty(0, dtype=np.int64)
-    if k < n:
-        part = np.argpartition(-scores, k - 1)[:k]
-    else:
-        part = np.arange(n)
-    order = np.lexsort((part, -scores[part]))
-    return part[order]
+    return top_k_rows(np.asarray(scores)[None, :], k)[0]
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
