@@ -13,11 +13,11 @@ next record's offset jump and counts the skipped offsets as processed (its "gap"
 meant for compacted topics and transaction markers), so the next commit passes events
 nobody processed: in the kill -9 fault test this lost dozens of events in about one run in
 three. Here skipped offsets are never counted as processed: the commit stops at the first
-one (Faust also committed past a lost record at the committed offset itself, one past its
-gap check: ``_new_offset`` below), and every second the consumer checks each assigned input
-partition; when the next offset to commit has not been processed for ``STALL_AFTER_S``
-(``STALL_IN_FLIGHT_S`` while a record at it is still being processed) yet a later record was
-delivered, it seeks the partition back there (backing off up to a minute if that repeats). The events in between
+one (Faust also committed past a lost record at the committed offset itself: ``_new_offset``
+below), and every second the consumer checks each assigned input partition; when the next
+offset to commit has not been processed for ``STALL_AFTER_S`` (``STALL_IN_FLIGHT_S`` while
+a record at it is still being processed) yet the fetch position is past it, it seeks the
+partition back there (backing off up to a minute if that repeats). The events in between
 are delivered again; those already applied are dropped as duplicates by the event-id check
 (``streams/app.py``).
 """
@@ -52,12 +52,6 @@ class Consumer(_drv.Consumer):
     #: tp -> (committed offset last read again from, how many times)
     _sought: dict
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._suspects, self._sought = {}, {}
-        #: tp -> offset being committed (acknowledged records up to it are processed)
-        self._committing: dict = {}
-
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -82,10 +76,7 @@ class Consumer(_drv.Consumer):
         committed = self._committed_offset.get(tp)
         if acked and committed is not None and min(acked) != committed:
             return None
-        offset = super()._new_offset(tp)
-        if offset is not None:  # Faust forgets these acks now, but moves the committed offset only once
-            self._committing[tp] = offset  # the commit returns (a frozen broker holds it for long)
-        return offset
+        return super()._new_offset(tp)
 
     @Service.timer(1.0)
     async def _guard_stalled_partitions(self) -> None:
@@ -96,14 +87,11 @@ class Consumer(_drv.Consumer):
                         type(exc).__name__, exc)
 
     async def _check_stalled_partitions(self) -> None:
-        """A partition is stalled when a record *past* the next offset to commit was delivered
-        to the streams (Faust's read offset is beyond it) while the record at that offset is
-        neither acknowledged nor still being processed. The clock runs per committed offset,
-        so a partition that keeps receiving new records is still caught."""
+        if not hasattr(self, "_suspects"):
+            self._suspects, self._sought = {}, {}
         app = self.app
         if app.rebalancing or app.in_recovery or not self.flow_active:
             self._suspects.clear()
-            self._committing.clear()
             return
         try:
             assigned = self.assignment()
@@ -111,35 +99,33 @@ class Consumer(_drv.Consumer):
             return
         in_flight = {(m.tp, m.offset) for m in list(self._unacked_messages)}
         now = time.monotonic()
-        for held in (self._suspects, self._committing):
-            for tp in [tp for tp in held if tp not in assigned]:
-                del held[tp]
         for tp in assigned:
             if tp in self._paused_partitions or self._is_changelog_tp(tp) or not app.topics.acks_enabled_for(tp.topic):
                 continue
             committed = self._committed_offset.get(tp)
-            if committed is not None and self._committing.get(tp, committed) > committed:
-                committed = self._committing[tp]  # processed up to there; the commit is on its way
-            read = self._read_offset.get(tp)
-            if committed is None or read is None or read <= committed or committed in self._acked_index.get(tp, ()):
+            if committed is None or committed in self._acked_index.get(tp, ()):
+                self._suspects.pop(tp, None)
+                continue
+            position = await self.position(tp)
+            if position is None or position <= committed:
                 self._suspects.pop(tp, None)
                 continue
             seen = self._suspects.get(tp)
-            if seen is None or seen[0] != committed:
-                self._suspects[tp] = (committed, now)
+            if seen is None or seen[:2] != (committed, position):
+                self._suspects[tp] = (committed, position, now)
                 continue
             # a record being processed may be slow (a frozen broker, a long encoder batch): wait longer
             wait = STALL_IN_FLIGHT_S if (tp, committed) in in_flight else STALL_AFTER_S
             if self._sought.get(tp, (None,))[0] == committed:  # read again already: back off, 5, 10, 20 .. 60 s
                 wait = min(60.0, wait * 2 ** self._sought[tp][1])
-            if now - seen[1] < wait:
+            if now - seen[2] < wait:
                 continue
             self._suspects.pop(tp, None)
             tries = self._sought[tp][1] + 1 if self._sought.get(tp, (None,))[0] == committed else 1
             self._sought[tp] = (committed, tries)
-            log.warning("partition %s[%d] stalled: offset %d was not processed for %.0fs though offset %d was "
-                        "delivered; reading again from %d (try %d). Events already applied are dropped as "
-                        "duplicates.", tp.topic, tp.partition, committed, now - seen[1], read, committed, tries)
+            log.warning("partition %s[%d] stalled: offset %d was fetched (position %d) but not processed for %.0fs; "
+                        "reading again from it (try %d). Events already applied are dropped as duplicates.",
+                        tp.topic, tp.partition, committed, position, now - seen[2], tries)
             await self.seek(tp, committed)
 
 
