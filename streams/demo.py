@@ -136,7 +136,8 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(f"[bold]broker[/] embedded Tansu on {broker.bootstrap}")
     run_id = time.strftime("%Y%m%d%H%M%S")
     topics = Topics(f"streamrec-demo-{run_id}." if args.broker else "streamrec.")
-    worker = None
+    worker = prod = reader = None
+    done = threading.Event()
     web_port = _free_port()
     state = tempfile.mkdtemp(prefix="streamrec-demo-")
     try:
@@ -156,17 +157,14 @@ def run_demo(args: argparse.Namespace) -> int:
         latest: dict[str, dict] = {}
         latencies: list[float] = []
         received = Counter()
-        done = threading.Event()
 
         def consume() -> None:
             for _, value, _rec in read_topic(kafka, topics.recommendations, from_beginning=True, idle_s=None,
-                                            poll_ms=50):
+                                            poll_ms=50, stop=done):
                 received["lists"] += 1
                 latencies.append(float(value.get("latency_ms", 0.0)))
                 if value.get("user_id") in follow:
                     latest[value["user_id"]] = value
-                if done.is_set():
-                    return
 
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
@@ -258,6 +256,12 @@ def run_demo(args: argparse.Namespace) -> int:
             return 1
         return 0
     finally:
+        # the demo's own clients close before the broker goes (else they log its disappearance as errors)
+        done.set()
+        if reader is not None:
+            reader.join(5)
+        if prod is not None:
+            prod.close(timeout=5)
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:

@@ -6,6 +6,7 @@ never disturbs the workers' group. This is also how the demo and the tests read 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,10 +14,12 @@ from .settings import KafkaConfig
 
 
 def read_topic(kafka: KafkaConfig, topic: str, *, from_beginning: bool = False, timeout_s: float | None = None,
-               idle_s: float | None = None, poll_ms: int = 100) -> Iterator[tuple[bytes | None, dict, object]]:
+               idle_s: float | None = None, poll_ms: int = 100,
+               stop: threading.Event | None = None) -> Iterator[tuple[bytes | None, dict, object]]:
     """Yield ``(key, value_dict, record)`` from every partition of ``topic``.
 
-    Stops after ``timeout_s`` in total or ``idle_s`` without a record (None: never).
+    Stops after ``timeout_s`` in total, ``idle_s`` without a record (None: never), or once
+    ``stop`` is set (checked every ``poll_ms``), and then closes its consumer.
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -38,7 +41,7 @@ def read_topic(kafka: KafkaConfig, topic: str, *, from_beginning: bool = False, 
         else:
             consumer.seek_to_end(*tps)
         start = last = time.monotonic()
-        while True:
+        while stop is None or not stop.is_set():
             now = time.monotonic()
             if timeout_s is not None and now - start > timeout_s:
                 return
