@@ -956,6 +956,8 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
             info["retrains"] = s.retrains
             if getattr(s.retrain_hook, "history", None) is not None:
                 info["retrain_history"] = s.retrain_hook.history
+            if getattr(s.retrain_hook, "skipped", None):
+                info["retrain_skipped"] = s.retrain_hook.skipped
             info["unknown_item_events"] = s.unknown_item_events
             info["items_in_index_at_end"] = len(s.index)
         sys_info[n] = info

@@ -203,7 +203,7 @@ def _plot_curve(curve: list[dict], version: str, path: Path) -> None:
 
 def train_once(cfg: TrainerConfig, encoder=None, request: dict | None = None) -> dict | None:
     """Read, train, measure, write a version (accepted or rejected), publish if accepted.
-    Returns the new manifest, or None when there were too few new events."""
+    Returns the new manifest, or None when there were too few new events or training pairs."""
     t0 = time.time()
     reg = Registry(cfg.registry)
     parent = reg.latest_accepted()
@@ -236,6 +236,11 @@ def train_once(cfg: TrainerConfig, encoder=None, request: dict | None = None) ->
     parent_params = reg.params(parent_version) if parent else None
     result = train_version(train, item_ids, item_vecs, text_vecs, parent=parent_params, cfg=cfg.train,
                            progress=cfg.progress)
+    if result.too_few_pairs:
+        log.info("only %d training pairs in %d events since %s (need %d; a pair is a user's next choice after "
+                 "some history): nothing to train yet, the next request reads these events again with the newer "
+                 "ones", result.pairs, len(new), parent_version, cfg.train.min_pairs)
+        return None
     scores = evaluate_slice(train, held, item_ids, item_vecs, text_vecs,
                             {"candidate": result.params, "current": parent_params}, k=cfg.train.k)
     cand, cur = scores["candidate"], scores["current"]
@@ -360,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-events", type=int, default=100, help="new events needed to train (default: %(default)s)")
     p.add_argument("--replay-sample", type=int, default=20_000,
                    help="older events kept per version and replayed by the next (default: %(default)s)")
+    p.add_argument("--min-pairs", type=int, default=TrainConfig.min_pairs,
+                   help="training pairs (a user's next choice after some history) needed to fit a version "
+                        "(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="default: %(default)s")
     p.add_argument("--holdout", type=float, default=TrainConfig.holdout,
                    help="most recent share of events held out to accept or reject (default: %(default)s)")
@@ -374,14 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inference.encoder import ModelDirError  # noqa: F401 - clear error below
     model_dir = args.model or Path(os.environ.get("STREAMREC_MODEL_DIR",
                                                   "~/.cache/streamrec/models/all-MiniLM-L6-v2")).expanduser()
+    train = TrainConfig(epochs=args.epochs, holdout=args.holdout, min_pairs=args.min_pairs)
     cfg = TrainerConfig(kafka=kafka_from_args(args), topics=Topics(args.prefix), registry=args.registry,
-                        model_dir=model_dir, train=TrainConfig(epochs=args.epochs, holdout=args.holdout),
+                        model_dir=model_dir, train=train,
                         min_events=args.min_events, replay_sample=args.replay_sample, progress=not args.quiet)
     try:
         if args.once:
             manifest = train_once(cfg)
             if manifest is None:
-                print("streamrec train: too few new events; no version written", file=sys.stderr)
+                print("streamrec train: too few new events or training pairs; no version written (see the log)",
+                      file=sys.stderr)
                 return 0
             print(json.dumps({k: manifest[k] for k in ("version", "status", "parent")} |
                              {"metrics": {k: v for k, v in manifest["metrics"].items() if "@" in k}}))

@@ -64,6 +64,12 @@ class TrainConfig:
     context: bool = True  # fit per-item context vectors (a user's recent items pull the user)
     negatives: int = 2048  # sampled softmax candidates per batch (all items when the catalogue is smaller)
     min_item_events: int = 2  # items with fewer interactions get no residual
+    #: Fewest training pairs a version is fitted on; with fewer, no version is made and the
+    #: current one (the encoder alone at first) keeps serving. Every later version is
+    #: warm-started from the first, so it should not be fitted on a handful of pairs. Musical
+    #: Instruments, streaming NDCG@10 over the encoder alone: first version at event 250 on 90
+    #: pairs: +19.5 %; waiting for 300 pairs (first version at 750, 337 pairs): +21.2 %.
+    min_pairs: int = 300
     adapter_l2: float = 1e-2  # pull towards the parent's adapter (identity for the first version)
     residual_l2: float = 1e-3
     context_l2: float = 1e-3
@@ -94,6 +100,11 @@ class TrainResult:
     pairs: int
     seconds: float
     config: dict = field(default_factory=dict)
+
+    @property
+    def too_few_pairs(self) -> bool:
+        """Nothing was fitted (fewer pairs than ``TrainConfig.min_pairs``): ``params`` is the parent."""
+        return self.validation.get("note") == "too few pairs"
 
 
 # ------------------------------------------------------------------------------------------
@@ -351,8 +362,9 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
         if i in parent_ctx:
             C0[k] = parent_ctx[i]
     base = base_weights or (parent.weights if parent is not None else Weights())
-    if n_fit < 10 or len(ids) < 2:
-        log.warning("only %d training pairs: keeping the parent's parameters", n_fit)
+    if n_fit < max(10, cfg.min_pairs) or len(ids) < 2:
+        log.info("only %d training pairs (need %d): nothing fitted, the current version keeps serving", n_fit,
+                 max(10, cfg.min_pairs))
         params = parent or ModelParams.identity(dim, base)
         return TrainResult(params, [], {"note": "too few pairs"}, n_fit, time.perf_counter() - t0, asdict(cfg))
     hidx, hw = history_arrays(pairs.histories, {i: k for k, i in enumerate(res_ids)})
@@ -462,6 +474,7 @@ class PeriodicRetrainer:
         self.replay_sample = replay_sample
         self.progress = progress
         self.history: list[dict] = []
+        self.skipped: list[dict] = []  # retrain points with too few pairs: nothing trained, nothing measured
         self._rng = random.Random(self.cfg.seed)
 
     def __call__(self, rec: Recommender, events_so_far: Sequence[Event],
@@ -486,6 +499,9 @@ class PeriodicRetrainer:
         parent = rec.params
         result = train_version(train, ids, vecs, tv, parent=parent, cfg=self.cfg, base_weights=rec.config.weights,
                                progress=self.progress)
+        if result.too_few_pairs:
+            self.skipped.append({"at_event": len(events_so_far), "pairs": result.pairs})
+            return
         scores = evaluate_slice(train, held, ids, vecs, tv, {"candidate": result.params, "current": parent},
                                 k=self.cfg.k, config=rec.config)
         accepted = scores["candidate"]["ndcg"] >= scores["current"]["ndcg"]

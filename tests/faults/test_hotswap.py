@@ -63,7 +63,7 @@ def test_swap_while_events_flow(broker, model_dir, mi_dataset, tmp_path):
             time.sleep(0.2)
         trainer = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--once", "--broker", kafka.bootstrap,
                                   "--prefix", topics.prefix, "--registry", str(registry), "--model", str(model_dir),
-                                  "--min-events", "100", "--epochs", "10", "--quiet"],
+                                  "--min-events", "100", "--min-pairs", "20", "--epochs", "10", "--quiet"],
                                  capture_output=True, text=True, cwd=REPO, timeout=400)
         assert trainer.returncode == 0, trainer.stderr[-3000:]
         assert json.loads(trainer.stdout)["status"] == "accepted", trainer.stdout

@@ -381,7 +381,7 @@ def test_periodic_retrainer_trains_checks_and_switches_versions(encoder):
     from training.trainer import PeriodicRetrainer, TrainConfig
 
     mi = load_dataset("musical_instruments")
-    hook = PeriodicRetrainer(TrainConfig(epochs=3, min_holdout=30), window=2000, replay_sample=500)
+    hook = PeriodicRetrainer(TrainConfig(epochs=3, min_holdout=30, min_pairs=50), window=2000, replay_sample=500)
     res = evaluate(mi, encoder=encoder, retrain_hook=hook,
                    cfg=EvalConfig(limit=1500, retrain_every=500, systems=("streamrec", "streamrec-untrained"),
                                   offline=False))

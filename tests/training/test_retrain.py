@@ -64,7 +64,7 @@ def health(worker) -> dict:
 
 def start_trainer(kafka: KafkaConfig, topics, registry, model_dir, log_path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "streams.cli", "train", "--broker", kafka.bootstrap, "--prefix", topics.prefix,
-           "--registry", str(registry), "--model", str(model_dir), "--quiet", *extra]
+           "--registry", str(registry), "--model", str(model_dir), "--quiet", "--min-pairs", "50", *extra]
     return subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
 
 
@@ -143,7 +143,7 @@ def test_retrain_is_triggered_published_and_swapped_in_without_losing_events(bro
 def train_once(kafka, topics, registry, model_dir, *extra: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--once", "--broker", kafka.bootstrap,
                            "--prefix", topics.prefix, "--registry", str(registry), "--model", str(model_dir),
-                           "--quiet", *extra], capture_output=True, text=True, cwd=REPO, timeout=400)
+                           "--quiet", "--min-pairs", "50", *extra], capture_output=True, text=True, cwd=REPO, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -160,8 +160,16 @@ def test_a_worse_model_is_rejected_and_kept_with_its_numbers(broker, model_dir, 
     ac = [(a, c) for (a, _), c in zip(ab, rng.sample(others, len(ab)))]
 
     send(kafka, topics.clicks, pair_events(ab, range(300), "p", T0))
+    # fewer training pairs than asked for: no version is written, and the next run reads the same events
+    wait = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--once", "--broker", kafka.bootstrap,
+                           "--prefix", topics.prefix, "--registry", str(registry), "--model", str(model_dir),
+                           "--quiet", "--min-pairs", "100000"], capture_output=True, text=True, cwd=REPO, timeout=400)
+    assert wait.returncode == 0 and wait.stdout == "", wait.stderr[-3000:]
+    assert "no version written" in wait.stderr and "need 100000" in wait.stderr
+    assert not registry.exists() or not any(registry.iterdir())
     first = train_once(kafka, topics, registry, model_dir, "--epochs", "20")
     assert first["status"] == "accepted" and first["version"] == "v1"
+    assert json.loads((registry / "v1" / "manifest.json").read_text())["data_range"]["new_events"] == 600
 
     send(kafka, topics.clicks, pair_events(ac, range(300, 700), "q", T0 + 600 * 300)  # 800 misleading events
          + pair_events(ab, range(700, 800), "r", T0 + 600 * 700))  # then the real pattern again: 200, newest
