@@ -239,7 +239,7 @@ def train_once(cfg: TrainerConfig, encoder=None, request: dict | None = None) ->
     if result.too_few_pairs:
         log.info("only %d training pairs in %d events since %s (need %d; a pair is a user's next choice after "
                  "some history): nothing to train yet, the next request reads these events again with the newer "
-                 "ones", result.pairs, len(new), parent_version, cfg.train.min_pairs)
+                 "ones", result.pairs, len(new), parent_version, result.validation["need"])
         return None
     scores = evaluate_slice(train, held, item_ids, item_vecs, text_vecs,
                             {"candidate": result.params, "current": parent_params}, k=cfg.train.k)

@@ -363,11 +363,12 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
         if i in parent_ctx:
             C0[k] = parent_ctx[i]
     base = base_weights or (parent.weights if parent is not None else Weights())
-    if n_fit < max(10, cfg.min_pairs) or len(ids) < 2:
-        log.info("only %d training pairs (need %d): nothing fitted, the current version keeps serving", n_fit,
-                 max(10, cfg.min_pairs))
+    need = max(10, cfg.min_pairs)
+    if n_fit < need or len(ids) < 2:
+        log.info("only %d training pairs (need %d): nothing fitted, the current version keeps serving", n_fit, need)
         params = parent or ModelParams.identity(dim, base)
-        return TrainResult(params, [], {"note": "too few pairs"}, n_fit, time.perf_counter() - t0, asdict(cfg))
+        return TrainResult(params, [], {"note": "too few pairs", "need": need}, n_fit, time.perf_counter() - t0,
+                           asdict(cfg))
     hidx, hw = history_arrays(pairs.histories, {i: k for k, i in enumerate(res_ids)})
     fits = []
     for l2 in cfg.item_l2_grid or (None,):

@@ -140,10 +140,15 @@ def test_retrain_is_triggered_published_and_swapped_in_without_losing_events(bro
     assert partner_hits(":v1") > partner_hits(":v0") + 0.2
 
 
-def train_once(kafka, topics, registry, model_dir, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--once", "--broker", kafka.bootstrap,
+def run_train_once(kafka, topics, registry, model_dir, *extra: str) -> subprocess.CompletedProcess:
+    """``streamrec train --once`` (later ``extra`` flags override the defaults here)."""
+    return subprocess.run([sys.executable, "-m", "streams.cli", "train", "--once", "--broker", kafka.bootstrap,
                            "--prefix", topics.prefix, "--registry", str(registry), "--model", str(model_dir),
                            "--quiet", "--min-pairs", "50", *extra], capture_output=True, text=True, cwd=REPO, timeout=400)
+
+
+def train_once(kafka, topics, registry, model_dir, *extra: str) -> dict:
+    proc = run_train_once(kafka, topics, registry, model_dir, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -161,9 +166,7 @@ def test_a_worse_model_is_rejected_and_kept_with_its_numbers(broker, model_dir, 
 
     send(kafka, topics.clicks, pair_events(ab, range(300), "p", T0))
     # fewer training pairs than asked for: no version is written, and the next run reads the same events
-    wait = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--once", "--broker", kafka.bootstrap,
-                           "--prefix", topics.prefix, "--registry", str(registry), "--model", str(model_dir),
-                           "--quiet", "--min-pairs", "100000"], capture_output=True, text=True, cwd=REPO, timeout=400)
+    wait = run_train_once(kafka, topics, registry, model_dir, "--min-pairs", "100000")
     assert wait.returncode == 0 and wait.stdout == "", wait.stderr[-3000:]
     assert "no version written" in wait.stderr and "need 100000" in wait.stderr
     assert not registry.exists() or not any(registry.iterdir())
