@@ -42,7 +42,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import faust
 from aiohttp import ClientError, ClientTimeout, web as aioweb
@@ -52,8 +52,24 @@ from yarl import URL
 from inference.events import DEFAULT_LIMITS, InvalidEvent, _parse_id
 from inference.user import UserState
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .app import StreamrecWorker
+
+
+class ServingWorker(Protocol):
+    """What the API needs of a worker (``streams.app.StreamrecWorker`` is one); a protocol, so
+    this module does not import the app that registers it."""
+
+    cfg: Any
+    recommender: Any
+    users: Any
+    batcher: Any
+    catalogue: Any
+
+    @property
+    def model_version(self) -> str: ...
+
+    def serving_ready(self) -> bool: ...
+
+    def version_label(self, version: str) -> str: ...
 
 log = logging.getLogger("streamrec.api")
 
@@ -93,7 +109,7 @@ def not_ready(detail: str) -> ApiError:
 class Api:
     """The request handlers, over one worker's recommender, table and encoder."""
 
-    def __init__(self, worker: StreamrecWorker, app: faust.App, config: ApiConfig | None = None) -> None:
+    def __init__(self, worker: ServingWorker, app: faust.App, config: ApiConfig | None = None) -> None:
         self.worker = worker
         self.config = config or ApiConfig()
         self.app = app
@@ -330,7 +346,7 @@ def auth_middleware(config: ApiConfig):
     return middleware
 
 
-def register_api(worker: StreamrecWorker, app: faust.App, config: ApiConfig | None = None) -> Api:
+def register_api(worker: ServingWorker, app: faust.App, config: ApiConfig | None = None) -> Api:
     """Add the API's views (and the token/error middleware) to ``app``'s web server."""
     api = Api(worker, app, config)
     app.web.web_app.middlewares.append(auth_middleware(api.config))
