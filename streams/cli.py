@@ -1,6 +1,6 @@
 """``streamrec``: one command for every part.
 
-The CLI is the one place that sees both ``streams`` and ``training``; it imports a
+The CLI is the one place that names ``training`` and ``evaluation``; it imports a
 command's module only when that command runs, so ``streamrec worker`` never loads the
 trainer and library code keeps the streams -> inference <- training direction.
 """
@@ -276,20 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_args(p)
     p.set_defaults(func=cmd_demo)
 
-    for name, module, helptext in [
-        ("export-onnx", "training.export", "export a Hugging Face encoder to ONNX (fp32, int8, fp16)"),
-        ("bench", "training.bench", "benchmarks: encoder | scoring | pipeline"),
-        ("evaluate", "training.evaluate", "prequential and leave-last-out evaluation against baselines"),
-        ("train", "training.service", "the trainer: retrain on request (or --once), publish better versions"),
-        ("models", "training.service", "list the model registry's versions and their metrics"),
-    ]:
+    for name, (module, helptext) in DELEGATED.items():
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.set_defaults(module=module)
     return parser
 
 
-DELEGATED = {"export-onnx": "training.export", "bench": "training.bench", "evaluate": "training.evaluate",
-             "train": "training.service", "models": "training.service:models_main"}
+#: Commands run by another package's ``main(argv)``, imported by name only when called, so this
+#: module (and so ``streams``) imports neither ``training`` nor ``evaluation``.
+DELEGATED = {
+    "export-onnx": ("training.export", "export a Hugging Face encoder to ONNX (fp32, int8, fp16)"),
+    "bench": ("evaluation.bench", "benchmarks: encoder | scoring | pipeline"),
+    "evaluate": ("evaluation.evaluate", "prequential and leave-last-out evaluation against baselines"),
+    "train": ("training.service", "the trainer: retrain on request (or --once), publish better versions"),
+    "models": ("training.service:models_main", "list the model registry's versions and their metrics"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         _setup_logging(os.environ.get("STREAMREC_LOGLEVEL", "info"))
         if argv[0] == "bench" and len(argv) > 1 and argv[1] == "pipeline":
-            return _delegate("streams.bench", argv[2:])
-        return _delegate(DELEGATED[argv[0]], argv[1:])
+            return _delegate("evaluation.pipeline", argv[2:])
+        return _delegate(DELEGATED[argv[0]][0], argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "loglevel", "info"))
     return int(args.func(args) or 0)

@@ -63,9 +63,12 @@ def _ensure_model(model_dir: Path) -> None:
     if (model_dir / "manifest.json").is_file():
         return
     print(f"exporting the encoder to {model_dir} (first run only, about a minute)...", flush=True)
-    from training.export import export_onnx  # the CLI layer may use training; streams code never does
-
-    export_onnx(None, model_dir)
+    # `streamrec export-onnx` as a user would run it: streams code never imports training.
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "export-onnx", "--out", str(model_dir)])
+    if done.returncode != 0:
+        raise SystemExit(f"streamrec demo: exporting the encoder to {model_dir} failed (exit {done.returncode}); "
+                         "see the lines above, or export it yourself with `streamrec export-onnx --out DIR` "
+                         "and pass --model DIR")
 
 
 def _metrics(port: int) -> dict[str, float]:

@@ -5,7 +5,8 @@ import json
 import os
 import time
 
-from streams import bench
+from evaluation import pipeline as bench
+from evaluation import pipeline_load
 
 
 def test_bench_pipeline_quick_writes_the_documented_report(broker, model_dir, tmp_path):
@@ -33,21 +34,21 @@ def test_bench_pipeline_quick_writes_the_documented_report(broker, model_dir, tm
 
 def test_steady_rate_and_percentiles():
     stamps = [1000 + 10 * i for i in range(101)]  # 100 events/s
-    rate = bench.steady_rate(stamps)
+    rate = pipeline_load.steady_rate(stamps)
     assert rate["outputs"] == 101 and abs(rate["events_per_s"] - 100.0) < 1e-6
-    p = bench.percentiles_ms([0.001 * i for i in range(1, 101)])
+    p = pipeline_load.percentiles_ms([0.001 * i for i in range(1, 101)])
     assert p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"] <= p["max_ms"] == 100.0
 
 
 def test_cpu_per_event_between_the_polls_at_10_and_90_percent():
-    before = bench.cpu_seconds(os.getpid())
+    before = pipeline_load.cpu_seconds(os.getpid())
     end = time.process_time() + 0.05
     while time.process_time() < end:  # burn a little CPU in this process
         pass
-    assert before is not None and bench.cpu_seconds(os.getpid()) > before
-    assert bench.cpu_seconds(None) is None
+    assert before is not None and pipeline_load.cpu_seconds(os.getpid()) > before
+    assert pipeline_load.cpu_seconds(None) is None
     samples = [(0, {"system": 1.0, "broker": 0.5}), (10, {"system": 1.2, "broker": 0.6}),
                (50, {"system": 2.0, "broker": None}), (95, {"system": 3.0, "broker": 1.5})]
     # polls at 10 and 95 outputs of 100: 1.8 s and 0.9 s of CPU over 85 outputs
-    assert bench.cpu_per_event(samples, 100) == {"system": round(1800 / 85, 3), "broker": round(900 / 85, 3)}
-    assert bench.cpu_per_event(samples[:1], 100) == {}
+    assert pipeline_load.cpu_per_event(samples, 100) == {"system": round(1800 / 85, 3), "broker": round(900 / 85, 3)}
+    assert pipeline_load.cpu_per_event(samples[:1], 100) == {}

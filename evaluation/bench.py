@@ -17,14 +17,14 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .machine import machine_info
 
 log = logging.getLogger("streamrec.bench")
 
@@ -36,62 +36,10 @@ SCORING_OUT = "bench/results/scoring.json"
 # --------------------------------------------------------------------------------------------
 # machine + timing helpers
 # --------------------------------------------------------------------------------------------
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
-def _gpu_name() -> str | None:
-    """Name of the first NVIDIA GPU, or None (no driver / no device)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001
-        pass
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
-            name = out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 else ""
-            if name:
-                return name
-        except (OSError, subprocess.SubprocessError, IndexError):
-            pass
-    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
-        try:
-            for line in info.read_text().splitlines():
-                if line.startswith("Model:"):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-    return None
 
 
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cores": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "gpu": _gpu_name(),
-        "python": platform.python_version(),
-    }
-    try:  # other processes on the machine skew the figures: record how busy it was
-        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    except OSError:  # pragma: no cover
-        info["load_avg_1m"] = None
-    for mod in ("onnxruntime", "torch", "numpy"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:  # pragma: no cover
-            info[mod] = None
-    return info
 
 
 def _percentile_ms(samples: Sequence[float], q: float) -> float:
@@ -119,8 +67,13 @@ def _time_calls(fn: Callable[[int], Any], seconds: float, min_calls: int = 3,
 
 def _progress(total: int, label: str):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(TextColumn(f"[bold]{label}[/bold] {{task.description}}"), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
@@ -246,7 +199,12 @@ def bench_encoder(
     import numpy as np
     import torch
 
-    from training.export import VARIANT_FILES, default_model_dir, load_tokenizer, pooled_encoder
+    from training.export import (
+        VARIANT_FILES,
+        default_model_dir,
+        load_tokenizer,
+        pooled_encoder,
+    )
 
     export_dir, manifest = _ensure_export(model_dir)
     max_tokens = int(manifest["max_tokens"])

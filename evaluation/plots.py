@@ -20,7 +20,7 @@ _COLOURS = {
 
 def plot_stream(run, path: str | Path, *, title: str = "", random_hr: float | None = None,
                 window: int | None = None, aliases: dict[str, str] | None = None) -> Path:
-    """Write the two-panel plot for a :class:`training.evaluate.StreamRun` and return its path."""
+    """Write the two-panel plot for a :class:`evaluation.protocol.StreamRun` and return its path."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)

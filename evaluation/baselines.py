@@ -1,7 +1,7 @@
 """Baseline recommenders for ``streamrec evaluate``, behind one small interface.
 
 Every system under evaluation (these baselines and the streamrec adapter in
-:mod:`training.evaluate`) ranks a fixed *universe* of item ids (the catalogue of the replayed
+:mod:`evaluation.evaluate`) ranks a fixed *universe* of item ids (the catalogue of the replayed
 events) and exposes:
 
 * ``observe(event)``: fold one event in (after it has been scored: test-then-train);

@@ -14,29 +14,14 @@ from inference.ranking import Weights
 from inference.datasets import find_datasets_dir, load_dataset
 from inference.events import Event
 from inference.vectors import top_k
-from training.baselines import ALSBaseline, CooccurrenceKNN, PopularityBaseline, System
-from training.evaluate import (
-    EXPLORE_SYSTEMS,
-    SYSTEMS,
-    EvalConfig,
-    StreamrecSystem,
-    average_precision_at_k,
-    build_systems,
-    evaluate,
-    f1_at_k,
-    hit_at_k,
-    leave_last_out,
-    main,
-    ndcg_at_k,
-    plan_item_text,
-    precision_at_k,
-    rank_metrics,
-    rank_of,
-    recall_at_k,
-    reciprocal_rank,
-    replay,
-    write_results,
-)
+from evaluation.baselines import ALSBaseline, CooccurrenceKNN, PopularityBaseline, System
+from evaluation.evaluate import evaluate, main
+from evaluation.metrics import (average_precision_at_k, f1_at_k, hit_at_k, ndcg_at_k, precision_at_k, rank_metrics,
+                                rank_of, recall_at_k, reciprocal_rank)
+from evaluation.protocol import leave_last_out, replay
+from evaluation.report import write_results
+from evaluation.systems import EXPLORE_SYSTEMS, SYSTEMS, EvalConfig, StreamrecSystem, build_systems
+from evaluation.text import plan_item_text
 
 SHARED = find_datasets_dir()
 needs_shared = pytest.mark.skipif(
