@@ -43,10 +43,12 @@ Definitions that matter when reading the numbers:
   that come first in the (seeded, shuffled) universe order -- exactly the order of the Top-K
   list, so "hit" means "was in the list the user would have seen". Items a system cannot rank
   (never seen; ``-inf``) and excluded items never count as hits.
-* **Exclusion** in the streaming run is each system's own: streamrec excludes what the worker
-  excludes (the user's last ``UpdateConfig.recent_items`` items), the baselines every item the
-  user has interacted with. ``protocol.systems[NAME].seen_in_top_k`` counts Top-K lists that
-  still held an item the user had already interacted with.
+* **Exclusion**: every system leaves out every item the user has interacted with; streamrec
+  through the worker's own rule (the state's seen-items set, :mod:`inference.seen`), so what is
+  measured is what the worker publishes. ``--repeats`` lets streamrec re-recommend seen items
+  (the worker's ``--repeats``; repeat events are still not scored, so it can only lose here).
+  ``protocol.systems[NAME].seen_in_top_k`` counts Top-K lists that still held an item the user
+  had already interacted with (0 unless ``--repeats``).
 * **Repeats** (a user's second interaction with the same item) are applied but not scored: every
   system excludes seen items, so they are unwinnable. They are counted in ``events.repeats``.
 * **Duplicates**: exact duplicate rows are dropped by :func:`inference.datasets.load_dataset`
@@ -278,8 +280,8 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
         "item_text_source": plan.source,
         "rank": "1 + items scored higher + items scored equal earlier in a seeded random item order (the "
                 "Top-K order); unrankable (-inf) or excluded items never hit; MRR over the full ranking",
-        "exclusion": "streamrec: the worker's (last UpdateConfig.recent_items items of the user); baselines: every "
-                     "item the user interacted with",
+        "exclusion": "every system: every item the user interacted with (streamrec: the worker's seen-items "
+                     "set, UserState.seen; unless --repeats)",
         "repeats": "a user's repeated interaction with an item is applied but not scored",
         "cold": f"item first seen within the last {cfg.cold_window} events (its first event included)",
         "coverage": f"share of the {n_items} items that appeared in at least one scored Top-{cfg.k}",
@@ -366,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="popularity half-life, also used by the baselines (default: %(default)s)")
     g.add_argument("--popularity-weight", type=float, default=d.weights.popularity,
                    help="weight of popularity in the blended score (default: %(default)s)")
+    g.add_argument("--repeats", action="store_true",
+                   help="streamrec may re-recommend items the user interacted with (the worker's --repeats)")
     g.add_argument("--text-mix", type=float, default=d.update.text_mix,
                    help="share of the review-text vector in a review's event vector (default: %(default)s)")
     g.add_argument("--explore-share", type=float, default=EvalConfig.explore_share,
@@ -377,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     d = RecommenderConfig()
-    rc = replace(d, popularity_half_life_s=args.popularity_half_life_days * 86400.0,
+    rc = replace(d, repeats=args.repeats, popularity_half_life_s=args.popularity_half_life_days * 86400.0,
                  update=replace(d.update, half_life_s=args.half_life_days * 86400.0, text_mix=args.text_mix),
                  weights=replace(d.weights, popularity=args.popularity_weight))
     systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())

@@ -14,6 +14,7 @@ from inference.explore import ExploreConfig
 from inference.index import ItemIndex
 from inference.ranking import LinearHead
 from inference.recommender import Recommender, RecommenderConfig
+from inference.seen import KeyLookup, item_keys
 
 from .baselines import ALSBaseline, CooccurrenceKNN, PopularityBaseline, System
 from .text import ItemTextPlan
@@ -40,7 +41,7 @@ class StreamrecSystem(System):
     One :class:`UserState` per user; every event goes through :meth:`Recommender.observe` (with
     the review's text vector, as the worker encodes it) and :meth:`scores` is
     ``Recommender.ranker.score_all`` -- what :meth:`Recommender.recommend` ranks -- with the
-    worker's exclusion (:meth:`excluded`: the state's ``recent_items``). :meth:`recommend_worker`
+    worker's exclusion (:meth:`excluded`: the state's seen items). :meth:`recommend_worker`
     returns the worker's list itself, for checking that the two agree.
 
     Item vectors: ``item_vectors`` (catalogue text) are in the index from the start; items in
@@ -67,6 +68,7 @@ class StreamrecSystem(System):
         self.unknown_item_events = 0
         self.duplicates = 0
         self._u_of_row = np.full(max(1024, self.n_items), -1, dtype=np.int64)
+        self._universe_keys = KeyLookup(item_keys(self.item_ids), np.arange(self.n_items))
         self._sums: dict[str, np.ndarray] = {}
         if item_vectors:
             ids = [i for i in self.item_ids if i in item_vectors]
@@ -120,10 +122,13 @@ class StreamrecSystem(System):
         return out
 
     def excluded(self, user_id: str) -> np.ndarray:
+        """Universe positions of what the worker leaves out of this user's list: every item in
+        the state's seen-items set (:meth:`Recommender.request`'s exclusion), none with repeats."""
         state = self.states.get(user_id)
-        if state is None or not self.rec.config.exclude_seen:
+        keys = self.rec.exclusion(state)
+        if not len(keys):
             return np.empty(0, dtype=np.int64)
-        return np.asarray([self.pos[i] for i in state.recent_items if i in self.pos], dtype=np.int64)
+        return self._universe_keys.rows_of(keys)
 
     def is_cold(self, user_id: str) -> bool:
         """True when the worker would answer this user with the cold-start (popularity) list."""

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .seen import KEY_DTYPE, KeyLookup, item_key
 from .vectors import as_unit, top_k
 
 #: Largest column-major scoring mirror kept (bytes); bigger catalogues score the rows directly.
@@ -57,6 +58,8 @@ class ItemIndex:
         self._alive = np.zeros(capacity, dtype=bool)
         self._ids: list[str | None] = [None] * capacity
         self._row: dict[str, int] = {}
+        self._keys = np.zeros(capacity, dtype=KEY_DTYPE)  # per row: inference.seen.item_key of its id
+        self._lookup: tuple[int, KeyLookup] | None = None  # (version, live keys -> rows)
         self._free: list[int] = []
         self._top = 0  # rows [0, _top) have been used
         self.version = 0  # bumped on every structural change (new id / removal)
@@ -90,6 +93,7 @@ class ItemIndex:
             if out._cols is not None:
                 out._cols[:, : self._top] = np.asarray(vectors, dtype=np.float32).T
             out._alive[:] = self._alive
+            out._keys[:] = self._keys
             out._ids = list(self._ids)
             out._row = dict(self._row)
             out._free = list(self._free)
@@ -151,6 +155,7 @@ class ItemIndex:
                     row = self._new_row()
                     self._row[item_id] = row
                     self._ids[row] = item_id
+                    self._keys[row] = item_key(item_id)
                     self._alive[row] = True
                     self.version += 1
                 self._vecs[row] = vec
@@ -193,6 +198,7 @@ class ItemIndex:
             elif self._cols is not None:
                 self._cols = np.concatenate([self._cols, np.zeros((self.dim, grow), np.float32)], axis=1)
             self._alive = np.concatenate([self._alive, np.zeros(grow, bool)])
+            self._keys = np.concatenate([self._keys, np.zeros(grow, KEY_DTYPE)])
             self._ids.extend([None] * grow)
         self._top += 1
         return self._top - 1
@@ -205,10 +211,24 @@ class ItemIndex:
             return q @ self._cols[:, : self._top]
         return self.matrix @ q.T if q.ndim == 1 else q @ self.matrix.T
 
-    def mask_rows(self, exclude: Iterable[str] | None) -> np.ndarray:
-        """Rows to drop from a ranking: dead rows plus the excluded ids that are live."""
+    def mask_rows(self, exclude: Iterable[str] | np.ndarray | None) -> np.ndarray:
+        """Live rows to drop from a ranking: ``exclude`` is item ids, or an array of item keys
+        (``inference.seen``: a user's seen items), which drops every live row with such a key."""
+        if isinstance(exclude, np.ndarray):
+            return self.key_lookup().rows_of(exclude)
         rows = [self._row[i] for i in (exclude or ()) if i in self._row]
         return np.asarray(rows, dtype=np.int64)
+
+    def key_lookup(self) -> KeyLookup:
+        """Item keys -> live rows, rebuilt only after the set of items changed."""
+        cached = self._lookup
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        with self._lock:
+            rows = np.flatnonzero(self._alive[: self._top])
+            lookup = KeyLookup(self._keys[rows], rows)
+            self._lookup = (self.version, lookup)
+            return lookup
 
     def search(
         self,

@@ -50,7 +50,10 @@ from .vectors import as_unit
 @dataclass
 class RecommenderConfig:
     top_n: int = 10
-    exclude_seen: bool = True
+    #: False (default): a list never holds an item its user interacted with (the state's
+    #: seen-items set, :mod:`inference.seen`). True: seen items may come back, for
+    #: repeat-consumption domains (groceries, music); only scores decide.
+    repeats: bool = False
     popularity_half_life_s: float = 14 * 86400.0
     update: UpdateConfig = field(default_factory=UpdateConfig)
     weights: Weights = field(default_factory=Weights)
@@ -81,7 +84,7 @@ class RankRequest:
     """One user's moment to rank, copied out of the state (which later events change)."""
 
     user: np.ndarray | None  # the user's vector in the model's space then (None: cold start)
-    exclude: tuple[str, ...]  # items not to recommend then
+    exclude: np.ndarray | tuple  # keys of the items not to recommend then (``UserState.seen``), or ()
     popularity: np.ndarray  # normalised item popularity then (``Popularity.dense``), per index row
     layout: int  # ``ItemIndex.version`` of those rows: after a catalogue change, today's popularity is used
     version: str  # the model version ``user`` is in
@@ -209,7 +212,7 @@ class Recommender:
         n = n or self.config.top_n
         model = self.active  # one version for the whole list, even if a swap lands meanwhile
         user = self.user_vector(state, model)
-        exclude = self._exclude(state)
+        exclude = self.exclusion(state)
         k = self.explorer.slots(n) if self.explorer is not None else 0
         if not k:
             rec = model.ranker.recommend(user, n, exclude=exclude)
@@ -237,7 +240,7 @@ class Recommender:
         if user is not None and not np.all(np.isfinite(user)):
             raise ValueError("user vector contains NaN or infinite values; reset this user's state")
         index = model.ranker.index
-        return RankRequest(user, tuple(self._exclude(state)), model.ranker.popularity.dense(index), index.version,
+        return RankRequest(user, self.exclusion(state), model.ranker.popularity.dense(index), index.version,
                            model.version)
 
     def recommend_many(self, requests: Sequence[RankRequest], model: ActiveModel | None = None,
@@ -297,7 +300,7 @@ class Recommender:
         q = self.query(state, text_vec, text_weight)
         model = self.active
         rec = model.ranker.recommend(model.to_space(q.vector, q.history), n or self.config.top_n,
-                                     exclude=self._exclude(state))
+                                     exclude=self.exclusion(state))
         rec.model_version = model.version
         return rec
 
@@ -348,7 +351,7 @@ class Recommender:
         total, parts = model.ranker.score_all(qv)
         space = model.ranker.index  # same rows as self.index
         eligible = np.isfinite(total)
-        drop = self.index.mask_rows(self._exclude(state))
+        drop = self.index.mask_rows(self.exclusion(state))
         if drop.size:
             eligible[drop] = False
         hist_ids: list[str] = []
@@ -416,5 +419,7 @@ class Recommender:
     def _history(self, state: UserState | None) -> dict[str, float] | None:
         return state.item_weights() if state is not None and self.active.uses_history else None
 
-    def _exclude(self, state: UserState | None) -> list[str] | tuple:
-        return state.recent_items if (state is not None and self.config.exclude_seen) else ()
+    def exclusion(self, state: UserState | None) -> np.ndarray | tuple:
+        """What a list for ``state`` must leave out: the keys of every item the user interacted
+        with (``UserState.seen``; an array the state replaces, never changes, on each event)."""
+        return state.seen if (state is not None and not self.config.repeats) else ()

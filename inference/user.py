@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STATE_FORMAT = 2  # 2: adds each recent item's signed weight (format 1 still reads)
+from .seen import KEY_DTYPE, add_key, item_key, item_keys
+
+STATE_FORMAT = 3  # 2: adds each recent item's signed weight; 3: adds the seen-items keys (1 and 2 still read)
 _MAGIC = b"SU"
 _HEAD = struct.Struct("<2sBHIdd")  # magic, format, dim, count, last_time, weight
 
@@ -36,7 +38,10 @@ class UpdateConfig:
     text_mix: float = 0.5  # share of the review-text vector (the rest is the item's vector)
     rating_neutral: float = 3.0  # a 3-star review neither pulls nor pushes
     rating_span: float = 2.0  # (rating - neutral) / span, clipped to [-1, 1], signs the event
-    recent_items: int = 100  # kept to exclude from lists
+    recent_items: int = 100  # kept with their weights (explanations, a trained version's context)
+    #: Items interacted with, kept as 4-byte keys and excluded from every list (unless
+    #: ``RecommenderConfig.repeats``); past this many the oldest are forgotten (80 KB a user).
+    seen_items: int = 20_000
     recent_events: int = 200  # kept to drop duplicate event ids
 
     def sign(self, rating: float | None) -> float:
@@ -60,6 +65,10 @@ class UserState:
     #: ``vector`` as of ``last_time`` (what explanations split a score by). NaN: unknown
     #: (the state was written by a format-1 build).
     recent_weights: list[float] = field(default_factory=list)
+    #: Keys (:func:`inference.seen.item_key`) of every item interacted with, oldest first
+    #: (capped at ``UpdateConfig.seen_items``): what lists exclude. Replaced, never written
+    #: to, on each event, so a ranking request can keep a reference as its snapshot.
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=KEY_DTYPE))
 
     @classmethod
     def empty(cls, dim: int) -> UserState:
@@ -78,6 +87,11 @@ class UserState:
 
     def has_seen(self, event_id: str | None) -> bool:
         return event_id is not None and event_id in self.recent_events
+
+    def has_interacted(self, item_id: str) -> bool:
+        """Whether ``item_id`` is in the seen-items set (see :mod:`inference.seen` for its rare
+        false positives)."""
+        return bool(self.seen.size) and bool((self.seen == item_key(item_id)).any())
 
     def item_weights(self) -> dict[str, float]:
         """``{item_id: weight}`` of the recent items (aligned lists, see ``recent_weights``)."""
@@ -101,6 +115,8 @@ class UserState:
         weights = self.item_weights()
         parts.append(struct.pack("<H", len(self.recent_items)))
         parts.append(np.asarray([weights[i] for i in self.recent_items], dtype="<f4").tobytes())
+        parts.append(struct.pack("<I", len(self.seen)))
+        parts.append(np.ascontiguousarray(self.seen, dtype=KEY_DTYPE).tobytes())
         return b"".join(parts)
 
     @classmethod
@@ -111,7 +127,7 @@ class UserState:
         magic, fmt, dim, count, last_time, weight = _HEAD.unpack_from(data, 0)
         if magic != _MAGIC:
             raise ValueError("bytes are not a streamrec user state")
-        if fmt not in (1, STATE_FORMAT):
+        if not 1 <= fmt <= STATE_FORMAT:
             raise ValueError(f"user state format {fmt} is not supported (this build reads 1..{STATE_FORMAT})")
         pos = _HEAD.size
         vector = np.frombuffer(data, dtype="<f4", count=dim, offset=pos).astype(np.float32)
@@ -132,7 +148,13 @@ class UserState:
             (n,) = struct.unpack_from("<H", data, pos)
             pos += 2
             weights = np.frombuffer(data, dtype="<f4", count=n, offset=pos).astype(float).tolist()
-        return cls(vector, last_time, count, weight, lists[0], lists[1], weights)
+            pos += 4 * n
+        if fmt >= 3:
+            (n,) = struct.unpack_from("<I", data, pos)
+            seen = np.frombuffer(data, dtype=KEY_DTYPE, count=n, offset=pos + 4).copy()
+        else:  # written before the seen-items set: the recent items are all it knows
+            seen = item_keys(lists[0])
+        return cls(vector, last_time, count, weight, lists[0], lists[1], weights, seen)
 
 
 def event_vector(
@@ -200,6 +222,7 @@ def apply_event(
         added = late * weight
     state.count += 1
     _remember(state.recent_items, item_id, config.recent_items)
+    state.seen = add_key(state.seen, item_key(item_id), config.seen_items)
     state.recent_weights = [weights.get(i, 0.0) + (added if i == item_id else 0.0) for i in state.recent_items]
     if event_id is not None:
         _remember(state.recent_events, event_id, config.recent_events)

@@ -43,6 +43,9 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--web-host", default=env("STREAMREC_WEB_HOST", "127.0.0.1"))
     p.add_argument("--web-port", type=int, default=int(env("STREAMREC_WEB_PORT", "6066")))
     p.add_argument("--top-n", type=int, default=10)
+    p.add_argument("--repeats", action="store_true", default=env("STREAMREC_REPEATS", "") in ("1", "true", "yes"),
+                   help="lists may hold items the user already interacted with (repeat-consumption domains: "
+                        "groceries, music; env STREAMREC_REPEATS=1); default: never")
     p.add_argument("--half-life-days", type=float, default=30.0)
     p.add_argument("--unknown-items", default="dead-letter", choices=["dead-letter", "accept"])
     p.add_argument("--min-interval-ms", type=float, default=0.0,
@@ -96,7 +99,7 @@ def worker_config(args: argparse.Namespace):
         kafka=kafka_from_args(args), topics=Topics(args.prefix), app_id=args.app_id, partitions=args.partitions,
         model_dir=args.model, variant=args.variant, device=args.device, max_tokens=args.max_tokens,
         state_dir=args.state_dir, store=args.store, web_host=args.web_host, web_port=args.web_port,
-        recommender=RecommenderConfig(top_n=args.top_n, update=UpdateConfig(half_life_s=args.half_life_days * 86400),
+        recommender=RecommenderConfig(top_n=args.top_n, repeats=args.repeats, update=UpdateConfig(half_life_s=args.half_life_days * 86400),
                                       text_weight=args.text_weight,
                                       explore=ExploreConfig(share=args.explore_share, policy=args.explore_policy,
                                                             epsilon=args.explore_epsilon)),

@@ -408,9 +408,9 @@ def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids
     """NDCG@k / HR@k of each model on ``held_out``, test-then-train, after ``context``.
 
     User state and popularity are model-independent, so one replay serves every model: for
-    each held-out event each model ranks all items (the user's recent items excluded, as
+    each held-out event each model ranks all items (the user's seen items excluded, as
     the worker does) with :meth:`Recommender.score_all`, then the event is applied. Repeats
-    (an item already in the user's recent items) are not scored, as in ``streamrec evaluate``.
+    (an item the user already interacted with) are not scored, as in ``streamrec evaluate``.
     """
     index = build_index([str(i) for i in item_ids], np.asarray(item_vecs, np.float32))
     rec = Recommender(index, config=config or RecommenderConfig())
@@ -422,10 +422,10 @@ def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids
 
     def score(ev: Event, state: UserState) -> None:
         nonlocal scored
-        if ev.item_id not in index or ev.item_id in state.recent_items:
+        if ev.item_id not in index or state.has_interacted(ev.item_id):
             return
         target = index.row(ev.item_id)
-        drop = index.mask_rows(state.recent_items)
+        drop = index.mask_rows(rec.exclusion(state))
         scored += 1
         for name, model in prepared.items():
             total, _ = rec.score_all(state if state.count else None, model)

@@ -27,6 +27,13 @@ def test_api_and_exploration_flags(model_dir, tmp_path, monkeypatch):
     assert off.recommender.explore.share == 0.0 and not off.recommender.explore.enabled
 
 
+def test_repeats_flag_and_env_reach_the_recommender(model_dir, monkeypatch):
+    assert worker_config(args("--model", str(model_dir))).recommender.repeats is False  # default: never
+    assert worker_config(args("--model", str(model_dir), "--repeats")).recommender.repeats is True
+    monkeypatch.setenv("STREAMREC_REPEATS", "1")
+    assert worker_config(args("--model", str(model_dir))).recommender.repeats is True
+
+
 @pytest.mark.parametrize("flags", [("--explore-share", "1.5"), ("--text-weight", "-0.1")])
 def test_out_of_range_flags_are_refused(flags):
     with pytest.raises(ValueError, match="0..1"):

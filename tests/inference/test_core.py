@@ -301,7 +301,7 @@ def test_one_star_review_lowers_that_items_score(catalogue, encoder):
     ds, index = catalogue
     target = sorted(index.ids())[10]
     other = sorted(index.ids())[20]
-    rec = Recommender(index, config=RecommenderConfig(top_n=len(index), exclude_seen=False,
+    rec = Recommender(index, config=RecommenderConfig(top_n=len(index), repeats=True,
                                                       weights=Weights(popularity=0.0)))
     base = rec.new_state()
     rec.observe(base, Event("u", other, "click", 1.0, event_id="c1"))

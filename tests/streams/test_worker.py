@@ -184,3 +184,16 @@ def test_broker_command_starts_answers_and_stops_on_ctrl_c():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_user_with_500_clicks_never_gets_one_of_them_back(worker, mi_dataset):
+    items = sorted(mi_dataset.items)[100:600]  # 500 of the 900 items; more than the 100 recent items
+    send(worker.kafka, worker.topics.clicks,
+         [(b"dave", click("dave", item, T0 + k, f"d-{k}")) for k, item in enumerate(items)])
+    recs = for_user(read_all(worker.kafka, worker.topics.recommendations, timeout_s=120,
+                             until=lambda rs: len(for_user(rs, "dave")) >= 500), "dave")
+    assert len(recs) == 500
+    for rec in recs:
+        k = int(rec["trigger"]["event_id"].split("-")[1])
+        listed = {i["item_id"] for i in rec["items"]}
+        assert len(listed) == 10 and not listed & set(items[: k + 1]), f"list after click {k} holds a seen item"
