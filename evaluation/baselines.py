@@ -11,7 +11,10 @@ events) and exposes:
   items the user has already interacted with);
 * ``recommend(user_id, n, exclude=True) -> list[item_id]``: the Top-``n`` built from the two;
 * ``retrain(events_so_far)``: called by the runner every ``retrain_every`` events when the
-  system has ``needs_retraining = True`` (ALS); a no-op for incremental systems.
+  system has ``needs_retraining = True`` (ALS); a no-op for incremental systems;
+* ``request(user_id)`` / ``score_requests(requests)``: how the runner ranks a block of events
+  at once (each request taken before its event is applied); the defaults build on ``scores``
+  and ``excluded``, so a new system needs neither.
 
 Ties are broken by lower universe index (:func:`inference.vectors.top_k`), the same rule the
 streamrec ranker uses; the evaluator shuffles the universe once (fixed seed) so that this rule
@@ -73,6 +76,26 @@ class System:
 
     def retrain(self, events_so_far: Sequence[Event]) -> None:
         """Refit from every event so far (only systems with ``needs_retraining``)."""
+
+    # -- ranking a block of events at once (evaluation.protocol.replay) -------------------
+    def request(self, user_id: str):
+        """What ranking ``user_id`` *now* takes, for :meth:`score_requests` later: the runner
+        asks before it applies the event (test-then-train) and ranks a block of events together.
+        By default the scores themselves, excluded items at -inf, so any system that only has
+        :meth:`scores` works unchanged; a system that can defer the work (one matrix product for
+        the block) returns a snapshot of what the scores depend on instead."""
+        s = np.array(self.scores(user_id), dtype=np.float32, copy=True)
+        drop = self.excluded(user_id)
+        if drop.size:
+            s[drop] = -np.inf
+        return s
+
+    def score_requests(self, requests: Sequence) -> np.ndarray:
+        """``(len(requests), n_items)`` float32 scores, one row per :meth:`request` in order,
+        each as :meth:`scores` gave it (excluded items at -inf) when the request was made."""
+        if not len(requests):
+            return np.zeros((0, self.n_items), np.float32)
+        return np.stack(requests)
 
     def recommend(self, user_id: str, n: int = 10, exclude: bool = True) -> list[str]:
         s = np.array(self.scores(user_id), dtype=np.float32, copy=True)
@@ -274,6 +297,10 @@ class ALSBaseline(System):
         self._normal: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # user -> (sum (c-1) y y^T, sum c y)
         self.fits = 0
         self.fit_seconds = 0.0
+        self._read: tuple[int, Event | None] = (0, None)  # events read into the lists below, and the last one
+        self._users: dict[str, int] = {}
+        self._rows: list[int] = []
+        self._cols: list[int] = []
 
     def observe(self, event: Event) -> None:
         item = self.pos.get(event.item_id)
@@ -300,17 +327,22 @@ class ALSBaseline(System):
         from implicit.cpu.als import AlternatingLeastSquares
 
         t0 = time.perf_counter()
-        users: dict[str, int] = {}
-        rows, cols = [], []
-        for ev in events_so_far:
+        # The runner passes every event so far, the last call's events first: only the new
+        # ones are read (the same matrix as reading them all).
+        n_done, last = self._read
+        if not (0 < n_done <= len(events_so_far) and events_so_far[n_done - 1] is last):
+            self._users, self._rows, self._cols, n_done = {}, [], [], 0
+        users, rows, cols = self._users, self._rows, self._cols
+        for ev in events_so_far[n_done:]:
             item = self.pos.get(ev.item_id)
             if item is None:
                 continue
             rows.append(users.setdefault(ev.user_id, len(users)))
             cols.append(item)
+        self._read = (len(events_so_far), events_so_far[-1] if len(events_so_far) else None)
         if not rows:
             return
-        m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+        m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (np.asarray(rows), np.asarray(cols))),
                           shape=(len(users), self.n_items))
         m.sum_duplicates()
         with _single_blas_thread():

@@ -196,12 +196,21 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
 
     # -- streaming ----------------------------------------------------------------------------
     systems, skipped = build_systems(names, item_ids, dim=dim, plan=plan, item_vecs=item_vecs,
-                                     text_vecs=text_vecs, cfg=cfg, retrain_hook=retrain_hook)
+                                     text_vecs=text_vecs, cfg=cfg, retrain_hook=retrain_hook,
+                                     total_events=len(events))
     blas = _one_blas_thread()  # one matrix-vector product per event: BLAS threads only spin (7x slower)
     t0 = time.perf_counter()
     run = replay(events, item_ids, systems, k=cfg.k, cold_window=cfg.cold_window,
                  retrain_every=cfg.retrain_every, progress=progress, desc=f"replay {ds.name}")
     timing["stream"] = round(time.perf_counter() - t0, 2)
+    # where the replay's time went, per system: "score" (requests and ranking the blocks),
+    # "observe" (applying events) and "retrain"; the streamrec systems share one stream state,
+    # so applying each event is counted once, under the first of them
+    timing["stream_per_system"] = {n: run.split[n] for n in systems}
+    for part in ("score", "observe", "retrain"):
+        timing[f"stream_{part}"] = round(sum(s[part] for s in run.split.values()), 2)
+    timing["stream_other"] = round(timing["stream"] - sum(timing[f"stream_{p}"] for p in ("score", "observe", "retrain")),
+                                   2)
     results: dict[str, dict] = {n: run.metrics(n) for n in systems}
     if "streamrec" in names and "streamrec" not in systems and "streamrec-untrained" in systems:
         results["streamrec"] = dict(results["streamrec-untrained"])
@@ -246,8 +255,9 @@ def evaluate(dataset: str | Path | Dataset, *, model_dir: str | Path | None = No
                 sys_info[n] = {"skipped": skipped.get(n, "not run")}
             continue
         info = {"retraining": bool(s.needs_retraining), "config": s.config(),
-                "seen_in_top_k": run.seen_in_top_k[n], "seconds": round(run.seconds[n], 2)}
-        if isinstance(s, ALSBaseline):
+                "seen_in_top_k": run.seen_in_top_k[n], "seconds": round(run.seconds[n], 2),
+                "seconds_split": run.split[n]}
+        if isinstance(s, ALSBaseline) or n == "sasrec":
             info["fits"] = s.fits
             info["fit_seconds"] = round(s.fit_seconds, 2)
         if isinstance(s, StreamrecSystem):
@@ -346,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain streamrec only once N events came since its last retrain (default: at every "
                         "--retrain-every point; ALS still refits at each)")
     p.add_argument("--train-epochs", type=int, default=None, help="epochs per retrain (default: TrainConfig's)")
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="torch threads while retraining (default: %(default)s; on a busy 2-core box one thread "
+                        "was 4x faster than two, with the same weights)")
     p.add_argument("--train-holdout", type=float, default=None,
                    help="newest share of each retrain's events held back to accept or reject (default: TrainConfig's)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
@@ -410,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tc.epochs = args.train_epochs
             if args.train_holdout is not None:
                 tc.holdout = args.train_holdout
+            tc.threads = args.train_threads or None
             hook = PeriodicRetrainer(tc, window=args.train_window, replay_sample=args.train_window // 2,
                                      every=args.train_every)
         elif args.retrain_hook.lower() == "none":

@@ -97,10 +97,15 @@ class Explorer:
         if k <= 0 or not candidates:
             return []
         cfg = self.config
-        unsure = [c for c in candidates if self.impressions.get(c, 0) < cfg.unsure_impressions]
-        pool = unsure if len(unsure) >= k else list(candidates)
-        shown = np.asarray([self.impressions.get(c, 0) for c in pool], dtype=np.float64)
-        hits = np.asarray([self.clicks.get(c, 0) for c in pool], dtype=np.float64)
+        impressions = [self.impressions.get(c, 0) for c in candidates]  # one lookup each (a list per event)
+        unsure = [(c, n) for c, n in zip(candidates, impressions) if n < cfg.unsure_impressions]
+        if len(unsure) >= k:
+            pool, impressions = [c for c, _ in unsure], [n for _, n in unsure]
+        else:
+            pool = list(candidates)
+        shown = np.asarray(impressions, dtype=np.float64)
+        clicks = self.clicks.get
+        hits = np.asarray([clicks(c, 0) for c in pool], dtype=np.float64)
         a, b = cfg.prior_clicks + hits, cfg.prior_misses + np.maximum(shown - hits, 0.0)
         if cfg.policy == "thompson":
             draws = self.rng.beta(a, b)

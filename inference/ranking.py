@@ -143,6 +143,20 @@ class Recommendation:
         return [i.item_id for i in self.items]
 
 
+@dataclass
+class _Products:
+    """What :meth:`Ranker._products` computed for a block of users (see there)."""
+
+    n: int
+    n_rows: int
+    live: list[int]  # the users with a vector
+    live_set: set[int]
+    sims: np.ndarray | None  # (len(live), n_rows) similarities, unweighted
+    head: np.ndarray | None  # (len(live), n_rows) head outputs, unweighted (None: not needed)
+    popularity: Sequence[np.ndarray | None] | None  # per user: its popularity row (None: today's)
+    shared: np.ndarray | None = None  # today's popularity, once a user needed it
+
+
 class Ranker:
     """Top-N lists for users from an :class:`ItemIndex`, popularity and an optional head."""
 
@@ -185,39 +199,62 @@ class Ranker:
         per user one at a time, 0.10 ms each in a product of 64).
         """
         w = self.weights
-        b, n_rows = len(users), len(self.index.alive)
+        return self._blend(self._products(users, popularity, self._uses_head(w)), w, own=True)
+
+    def _uses_head(self, w: Weights) -> bool:
+        return self.head is not None and bool(w.head)
+
+    def _products(self, users: Sequence[np.ndarray | None], popularity: Sequence[np.ndarray | None] | None,
+                  head: bool) -> _Products:
+        """The weight-free part of :meth:`_score_block`: the similarity (and head) products
+        for the users with a vector, and the popularity row each user is ranked with."""
+        n_rows = len(self.index.alive)
         live = [i for i, u in enumerate(users) if u is not None]
-        parts: dict[str, np.ndarray] = {}
-        names: list[list[str]] = [[] for _ in users]
+        sims = head_scores = None
         if live:
             U = np.stack([users[i] for i in live]).astype(np.float32, copy=False)
             if len(live) >= MIN_BATCH:
                 sims = self.index.scores(U)
             else:  # a product of very few rows is slower than as many single ones
                 sims = np.stack([self.index.scores(u) for u in U]) if n_rows else np.zeros((len(live), 0), np.float32)
-            sims *= np.float32(w.similarity)
-            use_head = self.head is not None and bool(w.head)
+            if head and n_rows:  # sigmoid(w . (u * v) + b) for every item v: one more product
+                head_scores = self.head.scores(U, self.index.matrix)
+        return _Products(len(users), n_rows, live, set(live), sims, head_scores, popularity)
+
+    def _blend(self, p: _Products, w: Weights, *, own: bool = False,
+               ) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[str, ...]]]:
+        """``(total, parts, present)`` of :meth:`_score_block` for the products ``p`` under the
+        weights ``w`` (``own``: ``p`` is not used again, so its arrays may be scaled in place)."""
+        b, n_rows, live = p.n, p.n_rows, p.live
+        parts: dict[str, np.ndarray] = {}
+        names: list[list[str]] = [[] for _ in range(b)]
+        if live:
+            sims = p.sims
+            if own:
+                sims *= np.float32(w.similarity)
+            else:
+                sims = sims * np.float32(w.similarity)
+            use_head = self._uses_head(w)
             if len(live) == b:
                 parts["similarity"] = sims
             else:
                 parts["similarity"] = np.zeros((b, n_rows), np.float32)
                 parts["similarity"][live] = sims
-            if use_head:  # sigmoid(w . (u * v) + b) for every item v: one more product
+            if use_head:
                 parts["head"] = np.zeros((b, n_rows), np.float32)
                 if n_rows:
-                    parts["head"][live] = w.head * self.head.scores(U, self.index.matrix)
+                    parts["head"][live] = w.head * p.head
             for i in live:
                 names[i] += ["similarity", "head"] if use_head else ["similarity"]
-        pop_rows = [i for i, u in enumerate(users) if w.popularity or u is None]
+        pop_rows = [i for i in range(b) if w.popularity or i not in p.live_set]
         if pop_rows:
-            shared = None
             pop = np.zeros((b, n_rows), np.float32)
             for i in pop_rows:
-                row = popularity[i] if popularity is not None else None
+                row = p.popularity[i] if p.popularity is not None else None
                 if row is None:
-                    if shared is None:
-                        shared = self.popularity.dense(self.index)
-                    row = shared
+                    if p.shared is None:
+                        p.shared = self.popularity.dense(self.index)
+                    row = p.shared
                 pop[i] = (w.popularity or 1.0) * row
                 names[i].append("popularity")
             parts["popularity"] = pop
@@ -228,6 +265,37 @@ class Ranker:
         if not alive.all():
             total[:, ~alive] = -np.inf
         return total, parts, [tuple(n) for n in names]
+
+    def _drop(self, total: np.ndarray, excludes: Sequence[Iterable[str] | np.ndarray] | None) -> None:
+        """Set each user's excluded rows to -inf (in place)."""
+        if excludes is None:
+            return
+        drops = [self.index.mask_rows(ex) for ex in excludes]
+        cols = [d for d in drops if d.size]
+        if cols:
+            total[np.repeat(np.arange(len(drops)), [d.size for d in drops]), np.concatenate(cols)] = -np.inf
+
+    def score_matrix(self, users: Sequence[np.ndarray | None], *,
+                     excludes: Sequence[Iterable[str] | np.ndarray] | None = None,
+                     popularity: Sequence[np.ndarray | None] | None = None,
+                     weights: Sequence[Weights] | None = None) -> list[np.ndarray]:
+        """The matrices :meth:`recommend_many` picks its lists from (users x index rows; dead
+        rows and each user's ``excludes`` at -inf), one per weight set in ``weights`` (default:
+        this ranker's own), all from one similarity (and head) product: what an evaluation
+        ranks a held-out item in, and how several blends of one model are compared."""
+        sets = list(weights) if weights is not None else [self.weights]
+        if not users:
+            return [np.zeros((0, len(self.index.alive)), np.float32) for _ in sets]
+        for user in users:
+            if user is not None and not np.all(np.isfinite(user)):
+                raise ValueError("user vector contains NaN or infinite values; reset this user's state")
+        p = self._products(users, popularity, any(self._uses_head(w) for w in sets))
+        out = []
+        for k, w in enumerate(sets):
+            total, _, _ = self._blend(p, w, own=k == len(sets) - 1)
+            self._drop(total, excludes)
+            out.append(total)
+        return out
 
     def recommend(self, user: np.ndarray | None, n: int = 10, *, exclude: Iterable[str] = ()) -> Recommendation:
         """Top-``n`` for one user's unit vector (None = cold start), skipping ``exclude``."""
@@ -245,11 +313,7 @@ class Ranker:
         if not users:
             return []
         total, parts, present = self._score_block(users, popularity)
-        if excludes is not None:
-            drops = [self.index.mask_rows(ex) for ex in excludes]
-            cols = [d for d in drops if d.size]
-            if cols:
-                total[np.repeat(np.arange(len(drops)), [d.size for d in drops]), np.concatenate(cols)] = -np.inf
+        self._drop(total, excludes)
         best = top_k_rows(total, min(n, len(self.index)))
         # whole-matrix gathers, then plain Python floats: not a numpy scalar per item and part
         scores = np.take_along_axis(total, best, 1).tolist()

@@ -218,15 +218,37 @@ class Recommender:
             rec = model.ranker.recommend(user, n, exclude=exclude)
             rec.model_version = model.version
             return rec
-        wide = model.ranker.recommend(user, n - k + self.config.explore.pool, exclude=exclude)
-        keep, rest = wide.items[: n - k], wide.items[n - k:]
-        by_id = {it.item_id: it for it in rest}
-        picked = self.explorer.pick([it.item_id for it in rest], k)
+        wide = model.ranker.recommend(user, self.wide_length(n), exclude=exclude)
+        picked = self._explore([it.item_id for it in wide.items], n, k, user_id)[1]
+        by_id = {it.item_id: it for it in wide.items[n - k:]}
         explored = [ScoredItem(i, by_id[i].score, by_id[i].parts, by_id[i].driver, explored=True) for i in picked]
-        self.explorer.explored += len(explored)
-        rec = Recommendation(keep + explored, cold_start=wide.cold_start, model_version=model.version)
-        self.explorer.shown(user_id, rec.item_ids)
-        return rec
+        return Recommendation(wide.items[: n - k] + explored, cold_start=wide.cold_start, model_version=model.version)
+
+    def wide_length(self, n: int | None = None) -> int:
+        """How many ranked candidates a list of ``n`` is made from: ``n`` itself, or with
+        exploration on the ``n - slots`` kept plus the policy's pool to pick the slots from."""
+        n = n or self.config.top_n
+        k = self.explorer.slots(n) if self.explorer is not None else 0
+        return n - k + self.config.explore.pool if k else n
+
+    def serve(self, ranked_ids: Sequence[str], n: int | None = None, *, user_id: str | None = None) -> list[str]:
+        """The ids :meth:`recommend` serves from its ranked candidates ``ranked_ids`` (best
+        first, :meth:`wide_length` of them where there are that many): the first ``n``, or
+        with exploration on the first ``n - slots`` then the policy's picks, counted as shown
+        to ``user_id``. How an evaluation that ranks a block of users at once serves each."""
+        n = n or self.config.top_n
+        k = self.explorer.slots(n) if self.explorer is not None else 0
+        if not k:
+            return list(ranked_ids[:n])
+        keep, picked = self._explore(list(ranked_ids), n, k, user_id)
+        return keep + picked
+
+    def _explore(self, ids: list[str], n: int, k: int, user_id: str | None) -> tuple[list[str], list[str]]:
+        """Keep the first ``n - k`` of ``ids``, let the policy pick ``k`` of the rest; shown."""
+        keep, picked = ids[: n - k], self.explorer.pick(ids[n - k:], k)
+        self.explorer.explored += len(picked)
+        self.explorer.shown(user_id, keep + picked)
+        return keep, picked
 
     def request(self, state: UserState | None, model: ActiveModel | None = None) -> RankRequest:
         """What :meth:`recommend` would rank for ``state`` now under ``model`` (default: the
@@ -260,6 +282,20 @@ class Recommender:
         for rec in recs:
             rec.model_version = model.version
         return recs
+
+    def score_requests(self, requests: Sequence[RankRequest], model: ActiveModel | None = None) -> np.ndarray:
+        """The scores :meth:`recommend_many` picks each request's list from, as one matrix
+        (requests x index rows; dead rows and each request's excluded items at -inf): how the
+        evaluation ranks the item a user chose next among everything the list could hold."""
+        model = model or self.active
+        stale = next((r.version for r in requests if r.version != model.version), None)
+        if stale is not None:
+            raise ValueError(f"a request made for model {stale} cannot be ranked by {model.version}")
+        layout = model.ranker.index.version
+        (total,) = model.ranker.score_matrix([r.user for r in requests], excludes=[r.exclude for r in requests],
+                                             popularity=[r.popularity if r.layout == layout else None
+                                                         for r in requests])
+        return total
 
     # -- requests from the API -----------------------------------------------------------
     def query(self, state: UserState | None, text_vec: np.ndarray | None = None,

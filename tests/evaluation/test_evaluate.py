@@ -402,9 +402,9 @@ def test_exploring_system_rank_is_the_position_in_the_served_list():
     cfg = EvalConfig(explore_share=0.3, seed=1)
     systems, _ = build_systems(["streamrec-explore-thompson"], items, dim=8, item_vecs=vecs, cfg=cfg)
     sys_ = systems["streamrec-explore-thompson"]
-    shown = []
-    served = sys_.served
-    sys_.served = lambda user, k: shown.append(served(user, k)) or shown[-1]
+    shown = []  # the lists as served, from the block's requests once ranked
+    score_requests = sys_.score_requests
+    sys_.score_requests = lambda requests: (score_requests(requests), shown.extend(t.served for t in requests))[0]
     run = replay(events, items, systems, k=5)
     targets = [items.index(events[i].item_id) for i in run.scored]
     assert len(shown) == len(targets) > 100
@@ -416,3 +416,93 @@ def test_exploring_system_rank_is_the_position_in_the_served_list():
             assert rank > 5
     assert sys_.rec.explorer.explored == 2 * len(shown)  # round(0.3 * 5) = 2 slots per list
     assert sys_.rec.explorer.rewarded == sum(r <= 5 for r in run.ranks["streamrec-explore-thompson"])
+
+
+# ------------------------------------------------------------------------------------------
+# ranking a block of events at once
+
+
+def _one_at_a_time(events, items, systems, k, retrain_every):
+    """The protocol's definition, spelled out: per event, each system's full score vector
+    (excluded items at -inf) and the true item's rank, then the event applied everywhere."""
+    pos = {i: p for p, i in enumerate(items)}
+    ranks = {n: [] for n in systems}
+    mine, seen_ids, so_far = {}, set(), []
+    for e in events:
+        if e.event_id in seen_ids:
+            continue
+        seen_ids.add(e.event_id)
+        target = pos[e.item_id]
+        if target not in mine.setdefault(e.user_id, set()):
+            for name, s in systems.items():
+                if getattr(s, "served", None) is not None:
+                    scores = s.scores(e.user_id)
+                    scores[s.excluded(e.user_id)] = -np.inf
+                    best = s.served(e.user_id, k)
+                    hit = np.flatnonzero(best == target)
+                    rest = scores.copy()
+                    rest[best] = -np.inf
+                    ranks[name].append(float(hit[0] + 1) if hit.size else len(best) + rank_of(rest, target))
+                else:
+                    ranks[name].append(rank_of(s.scores(e.user_id), target, s.excluded(e.user_id)))
+        for s in systems.values():
+            s.observe(e)
+        mine[e.user_id].add(target)
+        so_far.append(e)
+        if len(so_far) % retrain_every == 0:
+            for s in systems.values():
+                if s.needs_retraining:
+                    s.retrain(list(so_far))
+    return {n: np.asarray(r) for n, r in ranks.items()}
+
+
+def test_ranking_a_block_at_once_gives_the_ranks_of_one_event_at_a_time():
+    """Test-then-train in blocks: every event is still ranked against the state just before it
+    (users with several events in one block, popularity moving inside the block, an item
+    joining the index mid-block, a new version at each retrain point, exploration) -- exactly
+    the ranks of scoring each event alone."""
+    from evaluation.text import ItemTextPlan
+    from inference.model import ModelParams
+
+    rng = np.random.default_rng(3)
+    dim, items = 8, [f"i{k}" for k in range(60)]
+    vecs = {i: v for i, v in zip(items[:50], rng.standard_normal((50, dim)).astype(np.float32))}
+    later = set(items[50:])  # no catalogue vector: they join the index at their first review with text
+    events, text_vecs = [], {}
+    for k in range(400):
+        user = f"u{int(rng.integers(6))}" if k % 5 else "u0"  # u0: several events in every block
+        e = ev(user, items[int(rng.integers(60))], 1000.0 * k, kind="review", rating=float(rng.integers(1, 6)))
+        events.append(e)
+        if e.item_id in later or k % 3 == 0:
+            text_vecs[e.event_id] = rng.standard_normal(dim).astype(np.float32)
+    events.insert(150, events[149])  # a re-delivered event
+    plan = ItemTextPlan("auto", {i: i for i in vecs}, later, {})
+
+    def hook(rec, so_far):  # a new version at each retrain point, the same in every run
+        g = np.random.default_rng(len(so_far))
+        ids = rec.index.ids()[:30]
+        rec.use_model(ModelParams(dim, (np.eye(dim) + 0.3 * g.standard_normal((dim, dim))).astype(np.float32), ids,
+                                  0.3 * g.standard_normal((len(ids), dim)).astype(np.float32),
+                                  g.standard_normal(dim).astype(np.float32), 0.1, Weights(popularity=0.3, head=0.5),
+                                  0.3 * g.standard_normal((len(ids), dim)).astype(np.float32)), f"v{len(so_far)}")
+
+    names = ["streamrec", "streamrec-untrained", "popularity", "cooccurrence-knn", "als",
+             "streamrec-explore-epsilon", "spy"]
+
+    def fresh():
+        systems, _ = build_systems([n for n in names if n != "spy"], items, dim=dim, plan=plan, item_vecs=vecs,
+                                   text_vecs=text_vecs, cfg=EvalConfig(explore_share=0.3, als={"factors": 4}),
+                                   retrain_hook=hook)
+        systems["spy"] = Spy(items)  # only scores(): the default request / score_requests
+        return systems
+
+    alone = _one_at_a_time(events, items, fresh(), k=10, retrain_every=70)
+    for block in (1, 64, 1000):
+        run = replay(events, items, fresh(), k=10, retrain_every=70, block=block)
+        assert run.retrain_points == [70, 140, 210, 280, 350]  # blocks end there: 64 < 70, 1000 > 400
+        for n in names:
+            np.testing.assert_array_equal(run.ranks[n], alone[n], err_msg=f"{n}, block {block}")
+        assert run.split["streamrec"]["retrain"] >= 0 and set(run.split["als"]) == {"score", "observe", "retrain"}
+    assert len(alone["streamrec"]) > 200
+    assert np.isinf(alone["streamrec"]).any()  # an item scored before its first review put it in the index
+
