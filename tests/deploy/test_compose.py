@@ -41,7 +41,7 @@ def parse_command(service: dict, monkeypatch, extra_env: dict[str, str] | None =
     err = io.StringIO()
     parser, argv = build_parser(), command
     if command[0] in DELEGATED:  # e.g. `train`: parsed by the module the CLI hands it to
-        module, _, func = DELEGATED[command[0]].partition(":")
+        module, _, func = DELEGATED[command[0]][0].partition(":")
         parser, argv = importlib.import_module(module).build_parser(), command[1:]
     try:
         with contextlib.redirect_stderr(err):

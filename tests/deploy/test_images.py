@@ -33,7 +33,7 @@ def test_ci_and_images_share_one_install_script():
     run = (REPO / ".ci/run").read_text()
     assert "bash .ci/setup" in run and "pytest -q tests" in run
     setup = _install_calls((REPO / ".ci/setup").read_text())
-    assert setup == [[".venv/bin/python", "--editable", "--extras", "test"]]
+    assert setup == [[".venv/bin/python", "--editable", "--extras", "test,baselines"]]
     for kind, path in DOCKERFILES.items():
         build = dockerfile_stages(path)[0]
         calls = [c for a in build.args("RUN") for c in _install_calls(a)]
@@ -45,7 +45,7 @@ def test_ci_and_images_share_one_install_script():
 
 
 @pytest.mark.parametrize("args", [["--onnxruntime", "cpu"], ["--onnxruntime", "cuda"],
-                                  ["--editable", "--extras", "test"]])
+                                  ["--editable", "--extras", "test,baselines"]])
 def test_install_script_accepts_the_options_used(args, tmp_path):
     """The script checks its options before touching anything: with a Python that does not exist
     it stops at the interpreter check, which it only reaches when the options are valid."""
