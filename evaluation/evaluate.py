@@ -461,24 +461,23 @@ def _print_summary(res: dict) -> None:
     con = Console()
     if not con.is_terminal:  # piped: don't squeeze the tables into 80 columns
         con = Console(width=120)
-    t = Table(title=f"{res['dataset']}: streaming (test-then-train), {res['events']['scored']:,} scored events")
-    cols = [f"hr@{k}", f"ndcg@{k}", "mrr", "coverage", f"cold_hit@{k}"]
-    t.add_column("system")
-    for c in cols:
-        t.add_column(c, justify="right")
-    for n, m in res["systems"].items():
-        t.add_row(n, *(_fmt(m.get(c)) for c in cols))
-    con.print(t)
-    off = res.get("offline")
-    if off:
-        cols = [f"hr@{k}", f"ndcg@{k}", "mrr", f"precision@{k}", f"recall@{k}", f"f1@{k}", f"map@{k}"]
-        t = Table(title=f"{res['dataset']}: leave-last-out, {off['users']:,} users, full ranking")
+
+    def table(title: str, cols: list[str], systems: dict[str, dict]) -> Table:
+        t = Table(title=title)
         t.add_column("system")
         for c in cols:
             t.add_column(c, justify="right")
-        for n, m in off["systems"].items():
+        for n, m in systems.items():
             t.add_row(n, *(_fmt(m.get(c)) for c in cols))
-        con.print(t)
+        return t
+
+    con.print(table(f"{res['dataset']}: streaming (test-then-train), {res['events']['scored']:,} scored events",
+                    [f"hr@{k}", f"ndcg@{k}", "mrr", "coverage", f"cold_hit@{k}"], res["systems"]))
+    off = res.get("offline")
+    if off:
+        con.print(table(f"{res['dataset']}: leave-last-out, {off['users']:,} users, full ranking",
+                        [f"hr@{k}", f"ndcg@{k}", "mrr", f"precision@{k}", f"recall@{k}", f"f1@{k}", f"map@{k}"],
+                        off["systems"]))
     if not res["protocol"]["retraining"]:
         con.print(f"[yellow]retraining: false[/] — {res['protocol']['retraining_note']}")
     leak = res["protocol"]["item_text_source"].get("leakage")

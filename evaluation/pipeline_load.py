@@ -244,14 +244,20 @@ class System:
             return ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
+
+
+def terminate(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM a child process and wait for it; kill it if it is still there after ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _py(*args: str) -> list[str]:
@@ -409,13 +415,7 @@ class LatencyReader:
 
     def close(self) -> dict[str, list[float]]:
         """Stop the reader; ``{event_id: [received_at, output_kafka_timestamp_s]}``."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         try:
             return json.loads(self.out.read_text())
         except (OSError, ValueError):
