@@ -87,6 +87,7 @@ class WorkerConfig:
     heartbeat_s: float = 3.0
     fetch_wait_ms: int = 10
     commit_interval_s: float = 1.0
+    shutdown_timeout_s: float = 20.0  # SIGTERM/SIGINT end the process within this, whatever the broker does
     producer_batch_bytes: int | None = None  # Kafka batch.size; None: Faust's default (16 KiB)
     replication_factor: int = 1  # of the topics the worker creates (changelog included)
     loglevel: str = "info"
@@ -128,6 +129,10 @@ class StreamrecWorker:
                                            on_applied=self._on_catalogue)
         self._pending: OrderedDict[str, dict] = OrderedDict()  # coalesced lists waiting for their slot
         self._last_publish: OrderedDict[str, float] = OrderedDict()
+        # dead letters written once per source offset: each dead-lettered (topic, partition, offset),
+        # here from when it is sent and in the ``dead-lettered`` table once the broker has it
+        self._dead_pending: set[tuple[str, int, int]] = set()
+        self._dead_sent: list[tuple[object, object]] = []  # (source message, send future) of this chunk
         self.app = self._build_app()
 
     @property
@@ -174,7 +179,11 @@ class StreamrecWorker:
             stream_wait_empty=False,
         )
         app.streamrec_fetch_wait_ms = cfg.fetch_wait_ms
+        app.streamrec_on_reread = lambda tp: self.metrics.rereads.labels(topic=tp.topic).inc()  # stall guard
+        app.streamrec_unfinished = weakref.WeakSet()  # messages of the chunk being processed (transport.Consumer.ack)
         t = cfg.topics
+        for name in t.event_topics():
+            self.metrics.rereads.labels(topic=name)  # shown as 0 from the start
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.events_topic = app.topic(*t.event_topics(), partitions=cfg.partitions, **raw)
         self.rekeyed_topic = app.topic(t.rekeyed, partitions=cfg.partitions, **raw)
@@ -184,14 +193,28 @@ class StreamrecWorker:
         # value_type=bytes makes Faust store and ship the value raw (UserState.to_bytes)
         self.users = app.Table("users", default=None, key_type=str, value_type=bytes, partitions=cfg.partitions,
                                help="user state (inference.user.UserState bytes)")
+        # "<topic>[<partition>]@<offset>" of each input record whose dead letter the broker has: a record
+        # read again (stall guard, rebalance, restart, rewound offsets) is not dead-lettered twice. One
+        # entry per offset, not a high-water mark: within a chunk dead letters are not written in offset
+        # order (parse errors first, unknown items and processing errors after), and after a dropped
+        # record later offsets are processed before it is read again.
+        self.dead_lettered = app.Table("dead-lettered", default=None, key_type=str, value_type=int,
+                                       partitions=cfg.partitions, help="dead-lettered input offsets")
 
         @app.agent(self.events_topic, name="process-events")
         async def process(stream):
             await self.catalogue.ready.wait()
             await self.models.ready.wait()
             _settle_heap()
+            unfinished = app.streamrec_unfinished
             async for chunk in stream.take_events(cfg.chunk_size, within=cfg.chunk_wait_s):
+                # take_events acknowledges a chunk's events however its processing ends, cancelled at
+                # shutdown included: until the chunk is through, the consumer refuses those acks, so a
+                # chunk cut short is never committed (it is delivered again on restart)
+                messages = [ev.message for ev in chunk]
+                unfinished.update(messages)
                 await self.process_chunk(stream, chunk)
+                unfinished.difference_update(messages)
 
         @app.task
         async def follow_catalogue():
@@ -312,6 +335,7 @@ class StreamrecWorker:
                 except Exception as exc:  # noqa: BLE001
                     await self._processing_error(step.ev, step.event, exc)
         await self._write_states(users)
+        await self._record_dead_letters()
 
     async def _write_states(self, users: _ChunkUsers) -> None:
         """Write the chunk's user states once the broker has acknowledged the chunk's lists.
@@ -340,6 +364,11 @@ class StreamrecWorker:
         # crash or rebalance, or a re-sent event) changes nothing and publishes nothing.
         if state.has_seen(event.event_id):
             self.metrics.duplicates.inc()
+            # Written again (after this chunk's lists, like any state): a worker stopped before the
+            # changelog had its last write (crash, or a shutdown cut short with the broker unreachable)
+            # restarts with that write in its local store only; re-delivered events end up here, and
+            # this brings the changelog, which any later owner of the user restores from, level again.
+            users.writes.setdefault(event.user_id, (ev, state.to_bytes()))
             return None
         if event.item_id not in self.index and self.cfg.unknown_items == "dead-letter":
             await self._dead_letter(UNKNOWN_ITEM, f"item {event.item_id!r} is not in the catalogue: publish it to "
@@ -452,10 +481,45 @@ class StreamrecWorker:
                 await self._send_record(user_id, record)
 
     async def _dead_letter(self, reason: str, detail: str, msg, field: str | None = None) -> None:
+        """Write the record's dead letter, unless one was written for its source offset already (an
+        input record read again): that delivery is dropped and counted as a duplicate. Catalogue
+        records (``_AioMsg``) are not tracked: every worker reads the whole catalogue at each start."""
+        tracked = not isinstance(msg, _AioMsg)
+        if tracked and self._dead_lettered_already(msg):
+            self.metrics.duplicates.inc()
+            log.info("dead letter for %s[%d]@%d already written: not again", msg.topic, msg.partition, msg.offset)
+            return
         record = dead_letter_record(reason, detail, source=_source(msg), key=msg.key, value=msg.value, field=field)
-        await self.dlq_topic.send(key=msg.key, value=dumps(record))
+        sent = await self.dlq_topic.send(key=msg.key, value=dumps(record))
         self.metrics.dead_letters.labels(reason=reason).inc()
         log.warning("dead letter %s at %s[%d]@%d: %s", reason, msg.topic, msg.partition, msg.offset, detail)
+        if tracked:
+            self._dead_pending.add((msg.topic, msg.partition, msg.offset))
+            self._dead_sent.append((msg, sent))
+
+    @staticmethod
+    def _dead_key(msg) -> str:
+        return f"{msg.topic}[{msg.partition}]@{msg.offset}"
+
+    def _dead_lettered_already(self, msg) -> bool:
+        """Whether ``msg``'s source offset has its dead letter: sent in this chunk, or in the table."""
+        if (msg.topic, msg.partition, msg.offset) in self._dead_pending:
+            return True
+        with _as_current(_SourceEvent(msg)):  # the table partition is the record's own
+            return self.dead_lettered.get(self._dead_key(msg)) is not None
+
+    async def _record_dead_letters(self) -> None:
+        """Once the broker has the chunk's dead letters, store their source offsets (the table's
+        changelog makes them survive restarts and follow the partition to another worker). A crash
+        in between can write a dead letter twice; a re-read never does."""
+        sent, self._dead_sent = self._dead_sent, []
+        if not sent:
+            return
+        await asyncio.gather(*(fut for _, fut in sent))
+        for msg, _ in sent:
+            with _as_current(_SourceEvent(msg)):
+                self.dead_lettered[self._dead_key(msg)] = msg.offset
+            self._dead_pending.discard((msg.topic, msg.partition, msg.offset))
 
     async def _reject_item(self, exc: InvalidEvent, msg) -> None:
         await self._dead_letter(exc.reason, exc.detail, _AioMsg(msg), exc.field)
@@ -507,6 +571,13 @@ class _ChunkUsers:
 
     def forget(self, user_id: str) -> None:
         self.live.pop(user_id, None)
+
+
+class _SourceEvent:
+    """Stands in for the Faust event of ``message`` where only its partition matters (table routing)."""
+
+    def __init__(self, message) -> None:
+        self.message = message
 
 
 class _AioMsg:
@@ -587,12 +658,25 @@ def limit_blas_threads() -> None:
     threadpool_limits(int(os.environ.get("STREAMREC_BLAS_THREADS", "1")), user_api="blas")
 
 
-def faust_worker(app: faust.App, loglevel: str):
-    """Faust's worker without its start-up spinner.
+#: Exit status of a worker whose shutdown did not finish within its deadline (see below).
+EXIT_SHUTDOWN_TIMEOUT = 3
+
+
+def faust_worker(app: faust.App, loglevel: str, shutdown_timeout_s: float | None = None):
+    """Faust's worker without its start-up spinner, and with a bounded shutdown.
 
     At ``--loglevel warn`` or above the spinner sets the root logger to DEBUG for good, so
     every Faust ``logger.debug`` (two per event: output and changelog sends) built a log
     record that was then dropped (bench pipeline, py-spy --gil: ~5% of the worker's time).
+
+    Shutdown: after SIGTERM or SIGINT, Faust stops gracefully (commit, flush the producer,
+    leave the group), which waits for the broker: with the broker unreachable, for the
+    producer's request timeout (20 minutes). With ``shutdown_timeout_s`` the process ends
+    within that time whatever the broker does (a second signal ends it at once), with exit
+    status ``EXIT_SHUTDOWN_TIMEOUT``. That is safe by the same argument as a crash: offsets
+    are committed only after the producer is flushed, so whatever was processed but not
+    committed is delivered again on restart and dropped there as duplicates (or, if its
+    state never reached the store, processed again); nothing is lost.
     """
     from faust.worker import Worker
 
@@ -601,7 +685,32 @@ def faust_worker(app: faust.App, loglevel: str):
             self.spinner = None
             super().on_setup_root_logger(logger, level)
 
+        def _schedule_shutdown(self, signal) -> None:
+            if shutdown_timeout_s is not None:
+                if self._signal_stop_time:  # asked again while stopping: now
+                    _exit_now(f"signal {signal.name} received again while stopping")
+                _arm_shutdown_deadline(shutdown_timeout_s)
+            super()._schedule_shutdown(signal)
+
     return _Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+
+
+def _arm_shutdown_deadline(seconds: float) -> None:
+    import threading
+
+    def expired() -> None:
+        _exit_now(f"shutdown did not finish within {seconds:g}s (is the broker reachable?)")
+
+    timer = threading.Timer(seconds, expired)
+    timer.daemon = True  # the deadline never keeps a finished worker alive
+    timer.start()
+
+
+def _exit_now(why: str) -> None:
+    log.warning("%s: exiting now (status %d). Events processed since the last commit are delivered again "
+                "on restart and dropped there as duplicates; nothing is lost.", why, EXIT_SHUTDOWN_TIMEOUT)
+    logging.shutdown()  # flush the log handlers: os._exit skips them
+    os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
 
 def run_worker(cfg: WorkerConfig) -> None:
@@ -609,4 +718,4 @@ def run_worker(cfg: WorkerConfig) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     limit_blas_threads()
     w = build_worker(cfg)
-    faust_worker(w.app, cfg.loglevel).execute_from_commandline()
+    faust_worker(w.app, cfg.loglevel, cfg.shutdown_timeout_s).execute_from_commandline()

@@ -70,6 +70,9 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session-timeout", type=float, default=float(env("STREAMREC_SESSION_TIMEOUT", "10")),
                    help="consumer-group session timeout, seconds (a group join takes about half of it on Tansu)")
     p.add_argument("--heartbeat", type=float, default=float(env("STREAMREC_HEARTBEAT", "3")))
+    p.add_argument("--shutdown-timeout", type=float, default=float(env("STREAMREC_SHUTDOWN_TIMEOUT", "20")),
+                   help="SIGTERM/Ctrl-C end the worker within this many seconds even if the broker is unreachable "
+                        "(what was not committed is delivered again on restart; default %(default)s)")
     p.add_argument("--fetch-wait-ms", type=int, default=int(env("STREAMREC_FETCH_WAIT_MS", "10")))
     p.add_argument("--producer-batch-bytes", type=int, default=None,
                    help="producer batch.size; 1 = one record per batch (see README: Tansu and changelog recovery)")
@@ -105,6 +108,7 @@ def worker_config(args: argparse.Namespace):
                                                             epsilon=args.explore_epsilon)),
         unknown_items=args.unknown_items, min_interval_ms=args.min_interval_ms, explain=args.explain,
         session_timeout_s=args.session_timeout, heartbeat_s=args.heartbeat, fetch_wait_ms=args.fetch_wait_ms,
+        shutdown_timeout_s=args.shutdown_timeout,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, loglevel=args.loglevel,
         chunk_size=args.chunk_size, chunk_wait_s=args.chunk_wait_ms / 1000.0,
         producer_batch_bytes=args.producer_batch_bytes, registry=args.registry.expanduser() if args.registry else None,

@@ -15,7 +15,9 @@ class Metrics:
         self.events = Counter("streamrec_events_total", "Accepted events processed, by type", ["type"], registry=r)
         self.dead_letters = Counter("streamrec_dead_letters_total", "Records sent to the dead-letter topic, by reason",
                                     ["reason"], registry=r)
-        self.duplicates = Counter("streamrec_duplicates_total", "Events dropped as already-seen event ids", registry=r)
+        self.duplicates = Counter("streamrec_duplicates_total",
+                                  "Deliveries dropped as already seen: an event id already in the user's state, or "
+                                  "a rejected record whose dead letter was already written", registry=r)
         self.rekeyed = Counter("streamrec_rekeyed_total", "Unkeyed events re-published keyed by user id", registry=r)
         self.published = Counter("streamrec_recommendations_total", "Recommendation records published", registry=r)
         self.coalesced = Counter("streamrec_coalesced_total",
@@ -33,6 +35,9 @@ class Metrics:
                                    registry=r)
         self.retrain_requests = Counter("streamrec_retrain_requests_total",
                                         "Retrain requests sent to the control topic", registry=r)
+        self.rereads = Counter("streamrec_rereads_total",
+                               "Input partitions read again from their processed offset by the stall guard "
+                               "(streams/transport.py; 0 in a healthy run)", ["topic"], registry=r)
 
     def set_model(self, version: str, variant: str, provider: str) -> None:
         self.model.clear()

@@ -45,13 +45,14 @@ class RunningWorker:
 
 def start_worker(kafka: KafkaConfig, topics: Topics, model_dir: Path, tmp: Path, *extra: str,
                  app_id: str | None = None, web_port: int | None = None, wait: bool = True,
-                 env: dict[str, str] | None = None) -> RunningWorker:
+                 env: dict[str, str] | None = None, entry: str = "streams.cli") -> RunningWorker:
     """Start ``streamrec worker`` as a separate process and wait until its catalogue is loaded
-    (``wait=False``: return at once; call :func:`wait_ready` later). ``env``: extra variables."""
+    (``wait=False``: return at once; call :func:`wait_ready` later). ``env``: extra variables;
+    ``entry``: the module run with ``python -m`` (a test's wrapper around ``streams.cli``)."""
     web_port = web_port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / f"worker-{web_port}.log"
-    cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", kafka.bootstrap, "--prefix", topics.prefix,
+    cmd = [sys.executable, "-m", entry, "worker", "--broker", kafka.bootstrap, "--prefix", topics.prefix,
            "--app-id", app_id or f"test-{uuid.uuid4().hex[:8]}", "--model", str(model_dir),
            "--state-dir", str(tmp / "state"), "--web-port", str(web_port),
            # tuned for the embedded broker: a group join takes about half the session timeout

@@ -236,6 +236,80 @@ class TopicReader:
         self.close()
 
 
+def committed_offsets(kafka: KafkaConfig, group: str) -> dict[tuple[str, int], int]:
+    """The group's committed offsets as the broker has them: (topic, partition) -> offset."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka.servers, client_id="faults-offsets", request_timeout_ms=10_000)
+    try:
+        got = admin.list_group_offsets({group: None}).get(group, {})
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in got.items() if meta.offset >= 0}
+    finally:
+        admin.close()
+
+
+def wait_committed(kafka: KafkaConfig, group: str, wanted: dict[tuple[str, int], int], timeout_s: float = 60.0,
+                   what: str = "offsets committed") -> dict[tuple[str, int], int]:
+    """Block until the group has committed at least ``wanted`` on each (topic, partition)."""
+    deadline = time.monotonic() + timeout_s
+    got: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            got = committed_offsets(kafka, group)
+        except Exception:  # noqa: BLE001 - the coordinator may not be ready yet
+            got = {}
+        if all(got.get(tp, -1) >= off for tp, off in wanted.items()):
+            return got
+        time.sleep(0.3)
+    raise TimeoutError(f"{what}: not within {timeout_s:.0f}s (want {wanted}, have {got})")
+
+
+def rewind_group(kafka: KafkaConfig, group: str, topics: list[str], partitions: int, timeout_s: float = 60.0) -> None:
+    """Set the (stopped) group's committed offsets of ``topics`` back to 0, as an operator re-processing
+    a topic would. Tansu refuses offset commits from outside the group (UnknownMemberId even for an
+    empty group) and keeps a group's protocol once chosen, so this joins the group as its only member
+    under the name of Faust's assignor (a round-robin one: it is alone), commits, and leaves."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+    from kafka.structs import OffsetAndMetadata
+
+    class AsFaust(RoundRobinPartitionAssignor):
+        name = "faust"
+
+    from kafka.errors import InconsistentGroupProtocolError
+
+    wanted = {TopicPartition(t, p) for t in topics for p in range(partitions)}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        consumer = KafkaConsumer(*topics, bootstrap_servers=kafka.servers, group_id=group, enable_auto_commit=False,
+                                 session_timeout_ms=3000, heartbeat_interval_ms=1000, auto_offset_reset="earliest",
+                                 fetch_max_wait_ms=50, client_id="faults-rewind",
+                                 partition_assignment_strategy=[AsFaust])
+        try:
+            while consumer.assignment() != wanted:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rewind: group {group} did not give one member {len(wanted)} partitions "
+                                       f"within {timeout_s:.0f}s (has {len(consumer.assignment())})")
+                consumer.poll(timeout_ms=200, max_records=1)
+            consumer.commit({tp: OffsetAndMetadata(0, "", -1) for tp in wanted})
+            break
+        except InconsistentGroupProtocolError:  # the worker's membership has not expired yet (Faust's assignor)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+        finally:
+            consumer.close()
+    got = committed_offsets(kafka, group)
+    assert all(got.get((tp.topic, tp.partition), 0) == 0 for tp in wanted), got
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives ``key``, as the producers here use it."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def output_ids(records: list[Raw] | list[dict]) -> Counter:
     """How many output records each trigger event id has (raw records or parsed ones)."""
     parsed = (r if isinstance(r, dict) else json.loads(r.value) for r in records
@@ -329,11 +403,12 @@ def start_group(kafka: KafkaConfig, topics: Topics, model_dir: Path, tmp: Path, 
 
 
 def assignment(w) -> dict[str, list[int]]:
-    """Which worker (by web URL) holds which users-table partitions, as ``w``'s group leader said."""
+    """Which worker (by web URL) holds which table partitions, as ``w``'s group leader said (the
+    tables, users and dead-lettered, are co-partitioned: a worker holds the same ones of each)."""
     import urllib.request
 
     body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{w.web_port}/router/", timeout=5).read())
-    return {url: sorted(p for parts in tables.values() for p in parts) for url, tables in body.items()}
+    return {url: sorted({p for parts in tables.values() for p in parts}) for url, tables in body.items()}
 
 
 def url(w) -> str:

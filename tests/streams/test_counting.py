@@ -1,7 +1,6 @@
 """Nothing is lost: every event in is processed, dropped as a duplicate, or dead-lettered."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 from harness import fresh_topics, start_worker, stop_worker
