@@ -277,6 +277,7 @@ class ALSBaseline(System):
 
     name = "als"
     needs_retraining = True
+    retrains_in_background = True  # the fit is native code: the runner may overlap it with other refits
 
     def __init__(self, item_ids: Sequence[str], *, factors: int = 32, regularization: float = 1.0,
                  alpha: float = 10.0, iterations: int = 15, seed: int = 0, threads: int = 0,

@@ -1,6 +1,7 @@
 """The two protocols: streaming (prequential, test-then-train) and offline leave-last-out."""
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class StreamRun:
     duplicates: int
     #: per system: seconds spent scoring (requests and ranking), observing and retraining
     split: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: wall seconds at the retrain points (less than the systems' retrain seconds added up when
+    #: a refit ran in the background)
+    retrain_seconds: float = 0.0
 
     def metrics(self, name: str) -> dict[str, float | None]:
         k = self.k
@@ -97,6 +101,7 @@ def replay(events: Sequence[Event], item_ids: Sequence[str], systems: dict[str, 
     so_far: list[Event] = []
     retrain_points: list[int] = []
     repeats = duplicates = 0
+    retrain_wall = 0.0
     pending: list[tuple[int, int, dict[int, int]]] = []  # (step, target, the user's items) per scored event
     requests: dict[str, list] = {n: [] for n in names}
     bar = _bar(total=len(events), desc=desc, unit="ev", enabled=progress)
@@ -173,14 +178,23 @@ def replay(events: Sequence[Event], item_ids: Sequence[str], systems: dict[str, 
         if len(pending) >= block or retrain_now:
             rank_block()
         if retrain_now:
+            t_refit = time.perf_counter()
             refit = [n for n in names if systems[n].needs_retraining]
             if refit:
                 retrain_points.append(len(so_far))
                 bar.set_postfix_str(f"retraining {', '.join(refit)} at event {len(so_far):,}")
+            # systems that say so refit on a second thread while the others refit here (ALS's fit
+            # runs in native code, so it overlaps the trainer); all are done before the next event
+            behind = {n: _in_background(systems[n], list(so_far)) for n in refit
+                      if getattr(systems[n], "retrains_in_background", False)}
             for name in refit:
-                t0 = time.perf_counter()
-                systems[name].retrain(list(so_far))  # a snapshot: hooks may keep it
-                split[name]["retrain"] += time.perf_counter() - t0
+                if name not in behind:
+                    t0 = time.perf_counter()
+                    systems[name].retrain(list(so_far))  # a snapshot: hooks may keep it
+                    split[name]["retrain"] += time.perf_counter() - t0
+            for name, job in behind.items():
+                split[name]["retrain"] += job.result()
+            retrain_wall += time.perf_counter() - t_refit
         bar.update(1)
         if progress and len(scored) and len(scored) % 500 == 0 and names and ranks[names[0]]:
             bar.set_postfix_str(" ".join(f"{n[:10]}={np.mean(np.asarray(ranks[n]) <= k):.3f}" for n in names[:3]))
@@ -192,7 +206,35 @@ def replay(events: Sequence[Event], item_ids: Sequence[str], systems: dict[str, 
                      covered=covered, seen_in_top_k=seen_in,
                      seconds={n: sum(s.values()) for n, s in split.items()},
                      retrain_points=retrain_points, replayed=len(so_far), repeats=repeats, duplicates=duplicates,
-                     split={n: {part: round(v, 2) for part, v in s.items()} for n, s in split.items()})
+                     split={n: {part: round(v, 2) for part, v in s.items()} for n, s in split.items()},
+                     retrain_seconds=round(retrain_wall, 2))
+
+
+class _in_background:
+    """``system.retrain(events)`` on its own thread; :meth:`result` waits and gives its seconds."""
+
+    def __init__(self, system: System, events: list[Event]) -> None:
+        import threading
+
+        self._error: BaseException | None = None
+        self._seconds = 0.0
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                system.retrain(events)
+            except BaseException as exc:  # noqa: BLE001 - raised again in result()
+                self._error = exc
+            self._seconds = time.perf_counter() - t0
+
+        self._thread = threading.Thread(target=run, name=f"retrain-{getattr(system, 'name', 'system')}", daemon=True)
+        self._thread.start()
+
+    def result(self) -> float:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._seconds
 
 
 @dataclass
@@ -209,22 +251,30 @@ def _block_ranks(S: np.ndarray, targets: np.ndarray) -> np.ndarray:
     at = np.arange(len(S))
     t = S[at, targets][:, None]
     higher = np.count_nonzero(S > t, axis=1)
-    before = np.count_nonzero((S == t) & (np.arange(S.shape[1])[None, :] < targets[:, None]), axis=1)
+    before = np.zeros(len(S), dtype=np.int64)
+    tied = np.flatnonzero(np.count_nonzero(S == t, axis=1) > 1)  # rows where another item ties the true one
+    if tied.size:
+        St = S[tied]
+        before[tied] = np.count_nonzero((St == t[tied]) & (np.arange(S.shape[1])[None, :] < targets[tied, None]),
+                                        axis=1)
     return np.where(np.isfinite(t[:, 0]), 1.0 + higher + before, np.inf)
 
 
 def _served_ranks(S: np.ndarray, targets: np.ndarray, served: Sequence[np.ndarray]) -> np.ndarray:
     """Ranks on lists as served: the position in the list, else the list's length plus the
     rank among the items not served (by score)."""
+    everything = _block_ranks(S, targets)  # the rank among all items; the served ones ahead come off
     out = np.empty(len(S), dtype=np.float64)
     for i, (best, target) in enumerate(zip(served, targets.tolist())):
         hit = np.flatnonzero(best == target)
         if hit.size:
             out[i] = float(hit[0] + 1)
+        elif not math.isfinite(everything[i]):
+            out[i] = math.inf
         else:
-            rest = S[i].copy()
-            rest[best] = -np.inf
-            out[i] = len(best) + rank_of(rest, target)
+            t, s = S[i, target], S[i, best]
+            ahead = np.count_nonzero((s > t) | ((s == t) & (best < target)))
+            out[i] = len(best) + everything[i] - ahead
     return out
 
 
