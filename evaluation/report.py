@@ -97,7 +97,25 @@ def to_markdown(res: dict) -> str:
                  f"{t.get('texts_encoded', 0) + t.get('texts_from_cache', 0):,} texts{cached}, "
                  f"stream {t.get('stream')} s, offline {t.get('offline', 0)} s) on {os.cpu_count()} cores "
                  f"(a shared machine: timings are indicative).")
+    lines.extend(_time_split(t))
     return "\n".join(lines) + "\n"
+
+
+def _time_split(t: dict) -> list[str]:
+    """Where the replay's time went, per system, and the total without each system's own
+    seconds (what the run takes with that system left out: e.g. SASRec, the slowest)."""
+    per = t.get("stream_per_system") or {}
+    if not per:
+        return []
+    offline = t.get("offline_per_system") or {}
+    out = ["- Time per system (streaming score / observe / retrain; offline), seconds: " + "; ".join(
+        f"{n} {s['score']} / {s['observe']} / {s['retrain']}; {offline.get(n, 0)}" for n, s in per.items()) + "."]
+    for name in per:
+        own = sum(per[name].values()) + offline.get(name, 0)
+        if own > 0.25 * float(t.get("total") or 0):
+            out.append(f"- Without {name}: about {float(t['total']) - own:.0f} s (the total less its own seconds; "
+                       "refits that overlapped on a second thread make this an upper bound).")
+    return out
 
 
 def write_results(res: dict, out_dir: str | Path, *, run: StreamRun | None = None,
