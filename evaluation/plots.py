@@ -15,7 +15,12 @@ _COLOURS = {
     "popularity": "#7f7f7f",
     "cooccurrence-knn": "#2ca02c",
     "als": "#1f77b4",
+    "sasrec": "#9467bd",
+    "streamrec-explore-thompson": "#e377c2",
+    "streamrec-explore-epsilon": "#8c564b",
 }
+#: for systems not named above (custom hooks, new baselines): colours no named system uses
+_SPARE = ("#17becf", "#bcbd22", "#393b79", "#637939")
 
 
 def plot_stream(run, path: str | Path, *, title: str = "", random_hr: float | None = None,
@@ -39,7 +44,7 @@ def plot_stream(run, path: str | Path, *, title: str = "", random_hr: float | No
         if not len(hits):
             continue
         label = (aliases or {}).get(name, name)
-        colour = _COLOURS.get(name)
+        colour = _COLOURS.get(name) or _SPARE[list(run.ranks).index(name) % len(_SPARE)]
         cum = np.cumsum(hits) / np.arange(1, len(hits) + 1)
         burn = min(50, len(hits) // 10)  # the first few dozen lists are noise at any scale
         ax1.plot(x[burn:], cum[burn:], label=f"{label} ({cum[-1]:.3f})", color=colour, lw=1.6)
