@@ -63,19 +63,23 @@ def start_worker(kafka: KafkaConfig, topics: Topics, model_dir: Path, tmp: Path,
     return wait_ready(w) if wait else w
 
 
+def is_ready(w: RunningWorker) -> bool:
+    """Whether the worker's ``/health`` says ready now (False while it loads or is not answering)."""
+    try:
+        return bool(json.loads(urllib.request.urlopen(f"http://127.0.0.1:{w.web_port}/health", timeout=2).read())
+                    .get("ready"))
+    except OSError:  # not answering yet, or 503 while loading
+        return False
+
+
 def wait_ready(w: RunningWorker, timeout_s: float = 240) -> RunningWorker:
     """Wait until the worker's ``/health`` says ready (its catalogue is loaded)."""
-    proc, web_port = w.proc, w.web_port
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}:\n{w.log()}")
-        try:
-            body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=2).read())
-            if body.get("ready"):
-                return w
-        except OSError:
-            pass
+        if w.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {w.proc.returncode}:\n{w.log()}")
+        if is_ready(w):
+            return w
         time.sleep(0.3)
     stop_worker(w)
     raise TimeoutError(f"worker not ready in time:\n{w.log()}")

@@ -317,6 +317,15 @@ def output_ids(records: list[Raw] | list[dict]) -> Counter:
     return Counter(r["trigger"]["event_id"] for r in parsed)
 
 
+def dead_letter_sources(records: list[Raw]) -> Counter:
+    """How many dead letters each source record (topic, partition, offset) has."""
+    out: Counter = Counter()
+    for r in records:
+        s = json.loads(r.value)["source"]
+        out[(s["topic"], s["partition"], s["offset"])] += 1
+    return out
+
+
 def changelog_topic(app_id: str) -> str:
     return f"{app_id}-users-changelog"
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import replace
 
-from faultkit import (RECOVERABLE, TopicReader, event_records, interleave_broken, output_ids, partition_of,
-                      publish, publish_items, rewind_group, wait_committed, wait_quiet)
-from harness import fresh_topics, start_worker, stop_worker, wait_ready
+from faultkit import (RECOVERABLE, TopicReader, dead_letter_sources, event_records, interleave_broken, output_ids,
+                      partition_of, publish, publish_items, rewind_group, wait_committed, wait_quiet)
+from harness import fresh_topics, is_ready, start_worker, stop_worker, wait_ready
 
 from streams.settings import KafkaConfig
 from streams.transport import STALL_AFTER_S
@@ -28,22 +27,6 @@ LOAD_ENCODE_S = 6.0  # per encoder call of the restarted worker: its 60-item cat
 
 def _clicks(events):
     return [replace(e, kind="click", text=None, rating=None) for e in events]
-
-
-def _sources(records) -> Counter:
-    out = Counter()
-    for r in records:
-        s = json.loads(r.value)["source"]
-        out[(s["topic"], s["partition"], s["offset"])] += 1
-    return out
-
-
-def _ready(w) -> bool:
-    try:
-        return bool(json.loads(urllib.request.urlopen(f"http://127.0.0.1:{w.web_port}/health", timeout=2).read())
-                    .get("ready"))
-    except OSError:  # not answering yet, or 503 while loading
-        return False
 
 
 def test_records_sent_while_the_catalogue_loads_wait_for_it_and_are_dead_lettered_once(
@@ -71,13 +54,13 @@ def test_records_sent_while_the_catalogue_loads_wait_for_it_and_are_dead_lettere
                          entry="tests.faults.slow_encoder", env={"STREAMREC_FAKE_ENCODE_S": str(LOAD_ENCODE_S)})
         try:
             publish(kafka, records)  # the worker is starting: its catalogue is not loaded yet
-            arrived_while_loading = not _ready(w)
+            arrived_while_loading = not is_ready(w)
             t0 = time.monotonic()
             wait_ready(w)
             loading_s = time.monotonic() - t0
             wanted = {e.event_id for e in later}
             out.wait(lambda rs: wanted <= set(output_ids(rs)), 120, "a list for every valid event")
-            dlq.wait(lambda rs: len(_sources(rs)) >= BROKEN + len(unknown), 60, "the dead letters")
+            dlq.wait(lambda rs: len(dead_letter_sources(rs)) >= BROKEN + len(unknown), 60, "the dead letters")
             counts = wait_quiet([w])
             time.sleep(1.0)  # a dead letter or list written twice would arrive now
             dead = dlq.snapshot()
@@ -88,7 +71,7 @@ def test_records_sent_while_the_catalogue_loads_wait_for_it_and_are_dead_lettere
 
     assert arrived_while_loading and loading_s > STALL_AFTER_S + 1, loading_s  # the premise
     reasons = Counter(json.loads(r.value)["reason"] for r in dead)
-    sources = _sources(dead)
+    sources = dead_letter_sources(dead)
     assert set(sources.values()) == {1}, sources.most_common(3)  # each dead letter once
     assert len(sources) == BROKEN + len(unknown)
     # no valid event was rejected as unknown: the only unknown items are the invented one and the broken kind
@@ -152,7 +135,7 @@ def test_events_for_a_deleted_item_are_dead_lettered_once_and_it_leaves_the_list
 
     letters = [json.loads(r.value) for r in dead]
     assert len(letters) == len(after) and {d["reason"] for d in letters} == {"unknown_item"}
-    assert set(_sources(dead).values()) == {1}
+    assert set(dead_letter_sources(dead).values()) == {1}
     assert first["streamrec_events_total"] == len(clicks) + len(check)
     later = [r for r in recs if r["trigger"]["event_id"] in {e.event_id for e in check}]
     assert len(later) == len(check) and all(gone not in [i["item_id"] for i in r["items"]] for r in later)

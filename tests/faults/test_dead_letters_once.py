@@ -10,27 +10,17 @@ and the second run writes none (its re-read bad records count as duplicates too)
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections import Counter
 
-from faultkit import (RECOVERABLE, STATE_FLAGS, Outcome, TopicReader, event_records, interleave_broken, output_ids,
-                      publish, publish_items, rewind_group, wait_quiet)
+from faultkit import (RECOVERABLE, STATE_FLAGS, Outcome, TopicReader, dead_letter_sources, event_records,
+                      interleave_broken, output_ids, publish, publish_items, rewind_group, wait_quiet)
 from harness import fresh_topics, start_worker, stop_worker
 
 from streams.settings import KafkaConfig
 
 EVENTS = 300
 BROKEN = 24
-
-
-def _sources(records) -> Counter:
-    out = Counter()
-    for r in records:
-        s = json.loads(r.value)["source"]
-        out[(s["topic"], s["partition"], s["offset"])] += 1
-    return out
 
 
 def test_a_reread_after_a_restart_writes_no_dead_letter_twice(broker, model_dir, workload, tmp_path):
@@ -48,7 +38,7 @@ def test_a_reread_after_a_restart_writes_no_dead_letter_twice(broker, model_dir,
         try:
             publish(kafka, records)
             out.wait(lambda rs: wanted <= set(output_ids(rs)), 240, "a list for every event")
-            dlq.wait(lambda rs: len(_sources(rs)) >= BROKEN, 120, "a dead letter for every broken record")
+            dlq.wait(lambda rs: len(dead_letter_sources(rs)) >= BROKEN, 120, "a dead letter for every broken record")
             first = wait_quiet([w])
         finally:
             stop_worker(w)
@@ -71,7 +61,7 @@ def test_a_reread_after_a_restart_writes_no_dead_letter_twice(broker, model_dir,
     # the second run read every record again: all of them dropped as already seen, nothing written
     assert second["streamrec_dead_letters_total"] == 0, second
     assert second["streamrec_events_total"] == 0 and second["streamrec_duplicates_total"] == len(records)
-    sources = _sources(dead)
+    sources = dead_letter_sources(dead)
     assert len(sources) == BROKEN and set(sources.values()) == {1}, sources.most_common(3)
     assert len(recs) == lists_before and set(output_ids(recs).values()) == {1}
 
