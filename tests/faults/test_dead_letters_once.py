@@ -53,6 +53,7 @@ def test_a_reread_after_a_restart_writes_no_dead_letter_twice(broker, model_dir,
                 time.sleep(0.3)
             second = wait_quiet([w])
             time.sleep(1.0)  # anything extra (a dead letter or list written again) would arrive now
+            rereads = w.metric("streamrec_rereads_total")
             dead, recs = dlq.snapshot(), out.json()
         finally:
             stop_worker(w)
@@ -60,7 +61,13 @@ def test_a_reread_after_a_restart_writes_no_dead_letter_twice(broker, model_dir,
     assert first["streamrec_dead_letters_total"] == BROKEN and first["streamrec_events_total"] == EVENTS
     # the second run read every record again: all of them dropped as already seen, nothing written
     assert second["streamrec_dead_letters_total"] == 0, second
-    assert second["streamrec_events_total"] == 0 and second["streamrec_duplicates_total"] == len(records)
+    assert second["streamrec_events_total"] == 0
+    # Each record is a duplicate once; a partition the stall guard read again (counted, logged
+    # "stalled") delivers part of its records a second time: still duplicates, never new output.
+    # Seen once in a loop of full runs on a busy machine: 5 records of one partition re-read.
+    duplicates = second["streamrec_duplicates_total"]
+    assert duplicates == len(records) if not rereads else len(records) <= duplicates <= 2 * len(records), \
+        (duplicates, len(records), rereads)
     sources = dead_letter_sources(dead)
     assert len(sources) == BROKEN and set(sources.values()) == {1}, sources.most_common(3)
     assert len(recs) == lists_before and set(output_ids(recs).values()) == {1}
