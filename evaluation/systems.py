@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,11 @@ SYSTEMS: tuple[str, ...] = ("streamrec", "streamrec-untrained", "popularity", "c
                              "streamrec-explore-thompson", "streamrec-explore-epsilon")
 #: streamrec-untrained with exploration on: streaming protocol only, measured on the served lists
 EXPLORE_SYSTEMS: tuple[str, ...] = ("streamrec-explore-thompson", "streamrec-explore-epsilon")
+#: streamrec retrained with the sequence encoder reading only the items' text ("text-only") or
+#: only learned id vectors ("id-only"): what the text encoder adds is the gap to "streamrec"
+#: (text and ids). Not run unless asked for (``--ablations``): each is one more training chain.
+ABLATION_SYSTEMS: dict[str, dict] = {"streamrec-text-only": {"use_id": False},
+                                     "streamrec-id-only": {"use_text": False}}
 
 #: ``retrain(recommender, events_so_far[, text_vecs=...]) -> None``: refit whatever the training
 #: code fits and switch the recommender to it (``recommender.use_model``). Called every
@@ -59,6 +64,7 @@ class StreamState:
         # the update rule without exploration: each member rewards its own policy
         self.rec = Recommender(self.index, config=replace(config, explore=ExploreConfig()))
         self.popularity = self.rec.popularity
+        self.cooccurrence = self.rec.cooccurrence
         self.states: dict[str, Any] = {}
         self.text_vecs = text_vecs or {}
         self.history_items = set(history_items)
@@ -67,6 +73,11 @@ class StreamState:
         self.log: list[tuple[Event, str]] = []  # every event applied, and how: "known" | "unknown" | "duplicate"
         self._at: dict[int, int] = {}  # id(member) -> how far into the log it has observed
         self.members: list[StreamrecSystem] = []
+        # members that rank alike (same version, head, weights, exclusion: the untrained system
+        # and its exploring twins) share each request and each block's product (see ``request``)
+        self._requests: dict[tuple, Any] = {}
+        self._requests_at = -1
+        self._products: list[tuple[tuple, list, np.ndarray, np.ndarray]] = []
         if item_vectors:
             ids = [i for i in self.item_ids if i in item_vectors]
             if ids:
@@ -120,12 +131,41 @@ class StreamState:
             new = item not in self.index
             for m in self.members:
                 m._score_open()  # requests taken before this change rank with the index they saw
+            self._products = []
             self.index.upsert(item, total)  # upsert normalises: the mean's direction
             if new:
                 self._map_rows([item])
         how = "known" if item in self.index else "unknown"
         self.rec.observe(state, event, text_vec)
         return how
+
+    def request(self, member: StreamrecSystem, user_id: str, model: ActiveModel) -> RankRequest:
+        """``member.rec.request`` for the user now; members that rank alike get the very same
+        request object, taken once (requests have no side effects, and at one point of the log
+        every member sees the same state, index and popularity)."""
+        at = len(self.log)
+        if at != self._requests_at:
+            self._requests.clear()
+            self._requests_at = at
+        key = (user_id, member.ranks_like(model))
+        req = self._requests.get(key)
+        if req is None:
+            req = self._requests[key] = member.rec.request(self.states.get(user_id), model)
+        return req
+
+    def product(self, member: StreamrecSystem, model: ActiveModel, requests: list[RankRequest]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, universe)`` scores of ``requests`` under ``model``: computed once for members
+        that rank alike and rank the very same requests (the index cannot change in between:
+        :meth:`_apply` has every member rank its open requests before it changes the index)."""
+        key = member.ranks_like(model)
+        for k, reqs, rows, block in self._products:
+            if k == key and len(reqs) == len(requests) and all(a is b for a, b in zip(reqs, requests)):
+                return rows, block
+        rows = member.rec.score_requests(requests, model)
+        block = member._to_universe(rows)
+        self._products = [(key, list(requests), rows, block)] + self._products[:1]
+        return rows, block
 
     def _map_rows(self, ids: Iterable[str]) -> None:
         for i in ids:
@@ -171,7 +211,8 @@ class StreamrecSystem(System):
         self.streams = streams
         streams.join(self)
         self.index = streams.index
-        self.rec = Recommender(self.index, config=config, head=head, popularity=streams.popularity)
+        self.rec = Recommender(self.index, config=config, head=head, popularity=streams.popularity,
+                               cooccurrence=streams.rec.cooccurrence)
         self.states: dict[str, Any] = streams.states
         self.text_vecs = streams.text_vecs
         self.history_items = streams.history_items
@@ -182,6 +223,13 @@ class StreamrecSystem(System):
         self.duplicates = 0
         self._universe_keys = KeyLookup(item_keys(self.item_ids), np.arange(self.n_items))
         self._open: list[_Ticket] = []  # requests not ranked yet (see request)
+        self._alike: tuple[ActiveModel, tuple] | None = None
+
+    def ranks_like(self, model: ActiveModel) -> tuple:
+        """:func:`_ranks_alike` for ``model``, kept until the model changes (it is asked per event)."""
+        if self._alike is None or self._alike[0] is not model:
+            self._alike = (model, _ranks_alike(self.rec, model))
+        return self._alike[1]
 
     def observe(self, event: Event) -> None:
         how = self.streams.observe(self, event)
@@ -225,7 +273,7 @@ class StreamrecSystem(System):
         :meth:`score_requests` (:meth:`Recommender.score_requests`: one matrix product)."""
         self._check()
         model = self.rec.active
-        ticket = _Ticket(model, self.rec.request(self.states.get(user_id), model), user_id)
+        ticket = _Ticket(model, self.streams.request(self, user_id, model), user_id)
         self._open.append(ticket)
         return ticket
 
@@ -251,8 +299,7 @@ class StreamrecSystem(System):
             while end < len(todo) and todo[end].model is model:
                 end += 1
             part = todo[start:end]
-            rows = self.rec.score_requests([t.request for t in part], model)
-            block = self._to_universe(rows)
+            rows, block = self.streams.product(self, model, [t.request for t in part])
             for i, t in enumerate(part):
                 t.scores, t.rows, t.block, t.at = block[i], rows[i], block, i
             start = end
@@ -380,6 +427,14 @@ class _Ticket:
     served: np.ndarray | None = None  # exploring systems: universe positions as served
 
 
+def _ranks_alike(rec: Recommender, model: ActiveModel) -> tuple:
+    """What a request and its product depend on besides the shared stream state: two members
+    with equal keys rank every user identically (exploration only changes what is served)."""
+    ranker = model.ranker
+    return (model.version, id(model.params), id(model.space), id(ranker.index), id(ranker.popularity),
+            id(ranker.head), astuple(ranker.weights), rec.config.repeats)
+
+
 def _hook_name(hook: Any) -> str | None:
     if hook is None:
         return None
@@ -432,6 +487,18 @@ def build_systems(names: Sequence[str], item_ids: Sequence[str], *, dim: int | N
         return streams[0]
 
     for name in names:
+        if name in ABLATION_SYSTEMS:
+            variant = getattr(retrain_hook, "variant", None)
+            if variant is None:
+                skipped[name] = ("an ablation of the sequence encoder's inputs needs the trainer's retrain hook "
+                                 "(training.trainer.PeriodicRetrainer)")
+                continue
+            rc = _copy_config(cfg.recommender)
+            out[name] = StreamrecSystem(
+                item_ids, dim, name=name, item_vectors=item_vecs,
+                history_items=plan.history if plan is not None else (), text_vecs=text_vecs,
+                config=rc, retrain_hook=variant(**ABLATION_SYSTEMS[name]), streams=shared(rc))
+            continue
         if name in ("streamrec", "streamrec-untrained"):
             if name == "streamrec" and retrain_hook is None:
                 skipped[name] = RETRAINING_NOTE
@@ -472,7 +539,7 @@ def build_systems(names: Sequence[str], item_ids: Sequence[str], *, dim: int | N
             out[name] = SASRecBaseline(item_ids, total_events=total_events, seed=cfg.seed,
                                        popularity_half_life_s=cfg.popularity_half_life_s, **cfg.sasrec)
         else:
-            raise ValueError(f"unknown system {name!r}: choose from {', '.join(SYSTEMS)}")
+            raise ValueError(f"unknown system {name!r}: choose from {', '.join(SYSTEMS + tuple(ABLATION_SYSTEMS))}")
     return out, skipped
 
 

@@ -48,8 +48,12 @@ class ItemIndex:
         device: str = "cpu",
         exact_limit: int = 500_000,
         nprobe: int = 16,
+        unit: bool = True,
     ) -> None:
         self.dim = dim
+        #: True: vectors are scaled to unit length on upsert (cosine scoring). False: kept as
+        #: given (a trained sequence version's item vectors, whose length is part of the score).
+        self.unit = unit
         self.device = device
         self.exact_limit = exact_limit
         self.nprobe = nprobe
@@ -82,13 +86,15 @@ class ItemIndex:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
-    def layout_copy(self, vectors: np.ndarray) -> ItemIndex:
-        """A new index with this one's ids in the very same rows, holding ``vectors`` (one unit
-        vector per used row, dead rows zero). Applying the same changes to both keeps the rows
-        aligned, so popularity and exclusions computed on either index agree."""
+    def layout_copy(self, vectors: np.ndarray, *, unit: bool = True) -> ItemIndex:
+        """A new index with this one's ids in the very same rows, holding ``vectors`` (one vector
+        per used row, of any width; unit vectors unless ``unit`` is False; dead rows zero).
+        Applying the same changes to both keeps the rows aligned, so popularity and exclusions
+        computed on either index agree."""
         with self._lock:
-            out = ItemIndex(self.dim, capacity=len(self._ids), device=self.device, exact_limit=self.exact_limit,
-                            nprobe=self.nprobe)
+            dim = int(np.shape(vectors)[1]) if np.ndim(vectors) == 2 else self.dim
+            out = ItemIndex(dim, capacity=len(self._ids), device=self.device, exact_limit=self.exact_limit,
+                            nprobe=self.nprobe, unit=unit)
             out._vecs[: self._top] = vectors
             if out._cols is not None:
                 out._cols[:, : self._top] = np.asarray(vectors, dtype=np.float32).T
@@ -142,12 +148,16 @@ class ItemIndex:
         self.upsert_many([item_id], np.asarray(vector, dtype=np.float32)[None, :])
 
     def upsert_many(self, item_ids: Sequence[str], vectors: Sequence | np.ndarray) -> None:
-        """Add or replace several items at once (vectors are normalised here)."""
+        """Add or replace several items at once (vectors are normalised here, unless ``unit`` is off)."""
         ids = [str(i) for i in item_ids]
         vecs = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
         if vecs.shape[1] != self.dim:
             raise ValueError(f"vectors have {vecs.shape[1]} dims, the index holds {self.dim}")
-        vecs = as_unit(vecs, what=f"vector for item {ids[0]!r}" if len(ids) == 1 else "an item vector")
+        what = f"vector for item {ids[0]!r}" if len(ids) == 1 else "an item vector"
+        if self.unit:
+            vecs = as_unit(vecs, what=what)
+        elif not np.all(np.isfinite(vecs)):
+            raise ValueError(f"{what} contains NaN or infinite values")
         with self._lock:
             for item_id, vec in zip(ids, vecs):
                 row = self._row.get(item_id)

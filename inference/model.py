@@ -9,7 +9,11 @@ What training fits (``training.trainer``) and the workers load (from the registr
   items pull the user towards what people chose after them ("people who played this then
   chose that": the collaborative signal text cannot see, e.g. two films with unrelated
   titles watched by the same people);
-* ``head`` ``(w, b)`` and the blend ``weights`` (similarity, popularity, head).
+* ``head`` ``(w, b)`` and the blend ``weights`` (similarity, popularity, head);
+* or, for a version with a sequence encoder (``sequence``, :mod:`inference.sequence`; no
+  adapter, residuals or context then): the user's recent item sequence through that encoder,
+  scored against each item's ``e_i``, with the user's text-rolling vector, popularity and the
+  co-occurrence part blended in by the version's ``weights`` (see :class:`ActiveModel`).
 
 A user with encoder-space vector ``u`` and recent items ``h`` with signed weights ``a_h``
 (``UserState.item_weights``) is ``u' = unit(unit(u A) + sum_h a_h c_h / sum_h |a_h|)``, and
@@ -35,6 +39,7 @@ import numpy as np
 
 from .index import ItemIndex
 from .ranking import LinearHead, Weights
+from .sequence import SEQUENCE_FILE, SequenceParams
 
 MODEL_FILE = "model.npz"
 MANIFEST = "manifest.json"
@@ -59,6 +64,7 @@ class ModelParams:
     head_b: float = 0.0
     weights: Weights = field(default_factory=Weights)
     context: np.ndarray | None = None  # (len(residual_ids), dim): the same items as history
+    sequence: SequenceParams | None = None  # a sequence encoder (then none of the above)
 
     def __post_init__(self) -> None:
         #: item id -> its row of ``context`` (empty without context vectors); derived, not saved
@@ -70,7 +76,7 @@ class ModelParams:
 
     @property
     def is_identity(self) -> bool:
-        return self.adapter is None and not self.residual_ids
+        return self.adapter is None and not self.residual_ids and self.sequence is None
 
     def head(self) -> LinearHead | None:
         return None if self.head_w is None else LinearHead(np.asarray(self.head_w, np.float32), float(self.head_b))
@@ -116,7 +122,10 @@ class ModelParams:
         return out if np.any(out) else None
 
     def item_vectors(self, ids: list[str], unit_vecs: np.ndarray, residuals: dict[str, np.ndarray]) -> np.ndarray:
-        """Items' encoder-space unit vectors in this model's scoring space (unit rows)."""
+        """Items' encoder-space unit vectors in this model's scoring space (unit rows; a sequence
+        version's ``e_i``, whose length counts, as they are)."""
+        if self.sequence is not None:
+            return self.sequence.item_vectors(ids, unit_vecs)
         out = unit_vecs @ self.adapter if self.adapter is not None else np.array(unit_vecs, np.float32)
         if residuals:
             for k, item_id in enumerate(ids):
@@ -127,8 +136,13 @@ class ModelParams:
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
+        """Write ``model.npz`` to ``path`` (and, for a sequence version, the encoder's two files
+        beside it)."""
         arrays: dict[str, np.ndarray] = {"dim": np.asarray(self.dim),
                                          "weights": np.asarray(json.dumps(asdict(self.weights)))}
+        if self.sequence is not None:
+            self.sequence.save(Path(path).parent)
+            arrays["sequence"] = np.asarray(1)
         if self.adapter is not None:
             arrays["adapter"] = np.asarray(self.adapter, np.float32)
         if self.residual_ids:
@@ -155,7 +169,8 @@ class ModelParams:
                 head_w = z["head_w"] if "head_w" in z else None
                 head_b = float(z["head_b"]) if "head_b" in z else 0.0
                 weights = Weights(**json.loads(str(z["weights"])))
-        except (OSError, KeyError, ValueError) as exc:
+                has_sequence = "sequence" in z
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"cannot read model weights {path}: {exc}. The version folder is damaged: "
                              "retrain, or point the worker at another version") from exc
         if adapter is not None and adapter.shape != (dim, dim):
@@ -164,7 +179,8 @@ class ModelParams:
             raise ValueError(f"{path}: residuals are {res.shape}, expected ({len(ids)}, {dim})")
         if ctx is not None and ctx.shape != (len(ids), dim):
             raise ValueError(f"{path}: context vectors are {ctx.shape}, expected ({len(ids)}, {dim})")
-        return cls(dim, adapter, ids, res, head_w, head_b, weights, ctx)
+        seq = SequenceParams.load(Path(path).parent) if has_sequence else None
+        return cls(dim, adapter, ids, res, head_w, head_b, weights, ctx, seq)
 
 
 class ModelSpace:
@@ -183,12 +199,13 @@ class ModelSpace:
         self.base = base
         self.params = params
         self._residuals = params.residual_map()
+        self.unit = params.sequence is None  # a sequence version's item vectors keep their length
         with base._lock:
             rows = base.matrix
             ids = [i if i is not None else "" for i in base._ids[: base._top]]
-            vecs = params.item_vectors(ids, rows, self._residuals) if len(rows) else rows.copy()
+            vecs = params.item_vectors(ids, rows, self._residuals)
             vecs[~base.alive] = 0.0
-            self.index = base.layout_copy(vecs)
+            self.index = base.layout_copy(vecs, unit=self.unit)
             base.listen(self._follow)
 
     def _follow(self, ids: list[str], vecs: np.ndarray | None) -> None:
@@ -198,7 +215,7 @@ class ModelSpace:
             return
         out = self.params.item_vectors(ids, vecs, self._residuals)
         zero = ~np.any(out, axis=1)
-        if np.any(zero):  # an item whose adapted vector vanished keeps its text direction
+        if np.any(zero) and self.unit:  # an item whose adapted vector vanished keeps its text direction
             out[zero] = vecs[zero]
         self.index.upsert_many(ids, out)
 

@@ -1,8 +1,11 @@
 """Ranking: similarity, blended with recency-weighted popularity and a learned head.
 
-``score = w_sim * <u, v> + w_pop * pop(v) + w_head * sigmoid(w . (u * v) + b)``
+``score = w_sim * <u, v> + w_text * <t, v_text> + w_pop * pop(v) + w_head * sigmoid(w . (u * v) + b)``
 
-* similarity: the user's unit vector against each item's (the text signal);
+* similarity: the user's vector against each item's in the model's space (the text signal
+  for the encoder alone; a trained sequence version's user and item vectors otherwise);
+* text: for a sequence version, the user's text-rolling unit vector ``t`` against each
+  item's encoder vector (``text_index``), so the version blends both (absent otherwise);
 * popularity: recency-weighted interaction counts, scaled to [0, 1]; it is also the whole
   list for a user with no history (cold start);
 * head: ``sigmoid(w^T (u ⊙ v) + b)``, a per-dimension reweighting that training fits;
@@ -114,6 +117,8 @@ class Weights:
     similarity: float = 1.0
     popularity: float = 0.5  # picked on the streaming evaluation (README "Accuracy")
     head: float = 0.0
+    text: float = 0.0  # a sequence version's text-rolling part (a trained blend weight)
+    cooccurrence: float = 0.0  # item co-occurrence with the user's recent items (a trained blend weight)
 
 
 @dataclass
@@ -121,7 +126,7 @@ class ScoredItem:
     item_id: str
     score: float
     parts: dict[str, float]
-    driver: str  # the part that contributed most: similarity | popularity | head
+    driver: str  # the part that contributed most: similarity | text | cooccurrence | popularity | head
     explored: bool = False  # placed by the exploration policy (inference.explore), not by its score
 
     def to_json(self) -> dict:
@@ -155,6 +160,10 @@ class _Products:
     head: np.ndarray | None  # (len(live), n_rows) head outputs, unweighted (None: not needed)
     popularity: Sequence[np.ndarray | None] | None  # per user: its popularity row (None: today's)
     shared: np.ndarray | None = None  # today's popularity, once a user needed it
+    live_text: list[int] = field(default_factory=list)  # the users with a text vector (text part)
+    text: np.ndarray | None = None  # (len(live_text), n_rows) text similarities, unweighted
+    live_co: list[int] = field(default_factory=list)  # the users with co-occurrence scores
+    co: np.ndarray | None = None  # (len(live_co), n_rows) co-occurrence scores, unweighted
 
 
 class Ranker:
@@ -167,18 +176,30 @@ class Ranker:
         *,
         head: LinearHead | None = None,
         weights: Weights | None = None,
+        text_index: ItemIndex | None = None,
+        cooccurrence=None,
     ) -> None:
         self.index = index
         self.popularity = popularity or Popularity()
         self.head = head
         self.weights = weights or Weights()
+        #: Encoder-space item vectors, row for row as ``index`` (the base index a model space
+        #: follows), for the text part; None: no text part.
+        self.text_index = text_index
+        #: :class:`inference.cooccur.Cooccurrence` over the same rows (a user's co-occurrence
+        #: scores, ``cooc``, are taken from it when the user's request is made); None: no
+        #: co-occurrence part.
+        self.cooccurrence = cooccurrence
 
-    def score_all(self, user: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def score_all(self, user: np.ndarray | None, text: np.ndarray | None = None, cooc_row: np.ndarray | None = None,
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Blended scores for every index row, and each weighted part (dead rows at -inf)."""
-        return self.score_many([user])[0]
+        return self.score_many([user], texts=[text], cooc=[cooc_row])[0]
 
     def score_many(self, users: Sequence[np.ndarray | None],
-                   popularity: Sequence[np.ndarray | None] | None = None,
+                   popularity: Sequence[np.ndarray | None] | None = None, *,
+                   texts: Sequence[np.ndarray | None] | None = None,
+                   cooc: Sequence[np.ndarray | None] | None = None,
                    ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """:meth:`score_all` for several users at once: one matrix product for all similarities.
 
@@ -186,10 +207,12 @@ class Ranker:
         ``i`` is ranked with: the worker ranks each event with the popularity as it was right
         after that event.
         """
-        total, parts, present = self._score_block(users, popularity)
+        total, parts, present = self._score_block(users, popularity, texts, cooc)
         return [(total[i], {name: parts[name][i] for name in present[i]}) for i in range(len(users))]
 
     def _score_block(self, users: Sequence[np.ndarray | None], popularity: Sequence[np.ndarray | None] | None,
+                     texts: Sequence[np.ndarray | None] | None = None,
+                     cooc: Sequence[np.ndarray | None] | None = None,
                      ) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[str, ...]]]:
         """Scores as matrices: ``total`` (users x index rows, dead rows at -inf), each weighted
         part (zero where a user lacks it) and the parts each user has.
@@ -199,15 +222,23 @@ class Ranker:
         per user one at a time, 0.10 ms each in a product of 64).
         """
         w = self.weights
-        return self._blend(self._products(users, popularity, self._uses_head(w)), w, own=True)
+        return self._blend(self._products(users, popularity, self._uses_head(w), texts if self._uses_text(w) else None,
+                                          cooc if self._uses_co(w) else None), w, own=True)
 
     def _uses_head(self, w: Weights) -> bool:
         return self.head is not None and bool(w.head)
 
+    def _uses_text(self, w: Weights) -> bool:
+        return self.text_index is not None and bool(w.text)
+
+    def _uses_co(self, w: Weights) -> bool:
+        return self.cooccurrence is not None and bool(w.cooccurrence)
+
     def _products(self, users: Sequence[np.ndarray | None], popularity: Sequence[np.ndarray | None] | None,
-                  head: bool) -> _Products:
-        """The weight-free part of :meth:`_score_block`: the similarity (and head) products
-        for the users with a vector, and the popularity row each user is ranked with."""
+                  head: bool, texts: Sequence[np.ndarray | None] | None = None,
+                  cooc: Sequence[np.ndarray | None] | None = None) -> _Products:
+        """The weight-free part of :meth:`_score_block`: the similarity (and head, and text)
+        products for the users with a vector, and the popularity row each user is ranked with."""
         n_rows = len(self.index.alive)
         live = [i for i, u in enumerate(users) if u is not None]
         sims = head_scores = None
@@ -219,7 +250,20 @@ class Ranker:
                 sims = np.stack([self.index.scores(u) for u in U]) if n_rows else np.zeros((len(live), 0), np.float32)
             if head and n_rows:  # sigmoid(w . (u * v) + b) for every item v: one more product
                 head_scores = self.head.scores(U, self.index.matrix)
-        return _Products(len(users), n_rows, live, set(live), sims, head_scores, popularity)
+        p = _Products(len(users), n_rows, live, set(live), sims, head_scores, popularity)
+        if texts is not None and self.text_index is not None:
+            p.live_text = [i for i, t in enumerate(texts) if t is not None]
+            if p.live_text:
+                T = np.stack([texts[i] for i in p.live_text]).astype(np.float32, copy=False)
+                p.text = self.text_index.scores(T)[:, :n_rows] if n_rows else np.zeros((len(T), 0), np.float32)
+        if cooc is not None and self.cooccurrence is not None:
+            p.live_co = [i for i, h in enumerate(cooc) if h is not None]
+            if p.live_co:
+                p.co = np.zeros((len(p.live_co), n_rows), np.float32)
+                for j, i in enumerate(p.live_co):  # a row made before the catalogue grew: new items 0
+                    h = cooc[i][:n_rows]
+                    p.co[j, : len(h)] = h
+        return p
 
     def _blend(self, p: _Products, w: Weights, *, own: bool = False,
                ) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[str, ...]]]:
@@ -246,7 +290,20 @@ class Ranker:
                     parts["head"][live] = w.head * p.head
             for i in live:
                 names[i] += ["similarity", "head"] if use_head else ["similarity"]
-        pop_rows = [i for i in range(b) if w.popularity or i not in p.live_set]
+        warm = p.live_set
+        if p.live_text and self._uses_text(w):
+            parts["text"] = np.zeros((b, n_rows), np.float32)
+            parts["text"][p.live_text] = np.float32(w.text) * p.text
+            for i in p.live_text:
+                names[i].append("text")
+            warm = warm | set(p.live_text)
+        if p.live_co and self._uses_co(w):
+            parts["cooccurrence"] = np.zeros((b, n_rows), np.float32)
+            parts["cooccurrence"][p.live_co] = np.float32(w.cooccurrence) * p.co
+            for i in p.live_co:
+                names[i].append("cooccurrence")
+            warm = warm | set(p.live_co)
+        pop_rows = [i for i in range(b) if w.popularity or i not in warm]
         if pop_rows:
             pop = np.zeros((b, n_rows), np.float32)
             for i in pop_rows:
@@ -266,6 +323,31 @@ class Ranker:
             total[:, ~alive] = -np.inf
         return total, parts, [tuple(n) for n in names]
 
+    def part_matrices(self, users: Sequence[np.ndarray | None], *,
+                      popularity: Sequence[np.ndarray | None] | None = None,
+                      texts: Sequence[np.ndarray | None] | None = None,
+                      cooc: Sequence[np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
+        """Every part this ranker can blend, unweighted (users x index rows; 0 where a user lacks
+        a part): what a trainer fits the blend weights on."""
+        p = self._products(users, popularity, self.head is not None, texts, cooc)
+        b, n_rows = p.n, p.n_rows
+        out: dict[str, np.ndarray] = {}
+        for name, rows, mat in (("similarity", p.live, p.sims), ("head", p.live, p.head),
+                                ("text", p.live_text, p.text), ("cooccurrence", p.live_co, p.co)):
+            if mat is not None:
+                out[name] = np.zeros((b, n_rows), np.float32)
+                out[name][rows] = mat
+        pop = np.zeros((b, n_rows), np.float32)
+        for i in range(b):
+            row = p.popularity[i] if p.popularity is not None else None
+            if row is None:
+                if p.shared is None:
+                    p.shared = self.popularity.dense(self.index)
+                row = p.shared
+            pop[i] = row
+        out["popularity"] = pop
+        return out
+
     def _drop(self, total: np.ndarray, excludes: Sequence[Iterable[str] | np.ndarray] | None) -> None:
         """Set each user's excluded rows to -inf (in place)."""
         if excludes is None:
@@ -278,7 +360,9 @@ class Ranker:
     def score_matrix(self, users: Sequence[np.ndarray | None], *,
                      excludes: Sequence[Iterable[str] | np.ndarray] | None = None,
                      popularity: Sequence[np.ndarray | None] | None = None,
-                     weights: Sequence[Weights] | None = None) -> list[np.ndarray]:
+                     weights: Sequence[Weights] | None = None,
+                     texts: Sequence[np.ndarray | None] | None = None,
+                     cooc: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """The matrices :meth:`recommend_many` picks its lists from (users x index rows; dead
         rows and each user's ``excludes`` at -inf), one per weight set in ``weights`` (default:
         this ranker's own), all from one similarity (and head) product: what an evaluation
@@ -289,7 +373,9 @@ class Ranker:
         for user in users:
             if user is not None and not np.all(np.isfinite(user)):
                 raise ValueError("user vector contains NaN or infinite values; reset this user's state")
-        p = self._products(users, popularity, any(self._uses_head(w) for w in sets))
+        p = self._products(users, popularity, any(self._uses_head(w) for w in sets),
+                           texts if any(self._uses_text(w) for w in sets) else None,
+                           cooc if any(self._uses_co(w) for w in sets) else None)
         out = []
         for k, w in enumerate(sets):
             total, _, _ = self._blend(p, w, own=k == len(sets) - 1)
@@ -297,13 +383,16 @@ class Ranker:
             out.append(total)
         return out
 
-    def recommend(self, user: np.ndarray | None, n: int = 10, *, exclude: Iterable[str] = ()) -> Recommendation:
-        """Top-``n`` for one user's unit vector (None = cold start), skipping ``exclude``."""
-        return self.recommend_many([user], n, excludes=[exclude])[0]
+    def recommend(self, user: np.ndarray | None, n: int = 10, *, exclude: Iterable[str] = (),
+                  text: np.ndarray | None = None, cooc_row: np.ndarray | None = None) -> Recommendation:
+        """Top-``n`` for one user's vector (None = cold start), skipping ``exclude``."""
+        return self.recommend_many([user], n, excludes=[exclude], texts=[text], cooc=[cooc_row])[0]
 
     def recommend_many(self, users: Sequence[np.ndarray | None], n: int = 10, *,
                        excludes: Sequence[Iterable[str]] | None = None,
-                       popularity: Sequence[np.ndarray | None] | None = None) -> list[Recommendation]:
+                       popularity: Sequence[np.ndarray | None] | None = None,
+                       texts: Sequence[np.ndarray | None] | None = None,
+                       cooc: Sequence[np.ndarray | None] | None = None) -> list[Recommendation]:
         """:meth:`recommend` for several users (one list each, in order), scored together
         (:meth:`score_many`) and picked together (one top-k over the users x items matrix).
         ``excludes[i]`` are the ids user ``i`` must not get."""
@@ -312,7 +401,7 @@ class Ranker:
                 raise ValueError("user vector contains NaN or infinite values; reset this user's state")
         if not users:
             return []
-        total, parts, present = self._score_block(users, popularity)
+        total, parts, present = self._score_block(users, popularity, texts, cooc)
         self._drop(total, excludes)
         best = top_k_rows(total, min(n, len(self.index)))
         # whole-matrix gathers, then plain Python floats: not a numpy scalar per item and part
@@ -328,5 +417,5 @@ class Ranker:
                 row_parts = {name: columns[name][i][k] for name in present[i]}
                 driver = max(row_parts, key=lambda name: abs(row_parts[name]))
                 items.append(ScoredItem(id_at(row), score, row_parts, driver))
-            out.append(Recommendation(items, cold_start=users[i] is None))
+            out.append(Recommendation(items, cold_start=present[i] == ("popularity",)))
         return out

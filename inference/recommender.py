@@ -38,11 +38,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cooccur import Cooccurrence
 from .events import Event
 from .explore import ExploreConfig, Explorer
 from .index import ItemIndex
 from .model import ModelParams, ModelSpace
 from .ranking import LinearHead, Popularity, Ranker, Recommendation, ScoredItem, Weights
+from .sequence import SequenceParams, encode_sequences
+from .user import Sequence as EventSequence
 from .user import UpdateConfig, UserState, apply_event
 from .vectors import as_unit
 
@@ -88,6 +91,13 @@ class RankRequest:
     popularity: np.ndarray  # normalised item popularity then (``Popularity.dense``), per index row
     layout: int  # ``ItemIndex.version`` of those rows: after a catalogue change, today's popularity is used
     version: str  # the model version ``user`` is in
+    #: A sequence version: the user's text-rolling unit vector (its text part), and the user's
+    #: recent events, encoded into ``user`` with the rest of the block when it is ranked.
+    text: np.ndarray | None = None
+    seq: EventSequence | None = None
+    #: Where the version blends in item co-occurrence: the user's co-occurrence score per index
+    #: row, taken when the request is made (later events must not leak into it).
+    cooc: np.ndarray | None = None
 
 
 @dataclass
@@ -98,6 +108,13 @@ class ActiveModel:
     params: ModelParams | None  # None: the encoder alone
     space: ModelSpace | None
     ranker: Ranker
+    #: What ranks a query vector that is not a user's (a text request, an item): the ranker,
+    #: or for a sequence version (whose users are sequences) the encoder-space ranking.
+    queries: Ranker | None = None
+
+    def __post_init__(self) -> None:
+        if self.queries is None:
+            self.queries = self.ranker
 
     def to_space(self, vector: np.ndarray | None, history: dict[str, float] | None = None) -> np.ndarray | None:
         """An encoder-space query (unit vector), with the user's recent items and their signed
@@ -108,18 +125,43 @@ class ActiveModel:
     def uses_history(self) -> bool:
         return self.params is not None and self.params.context is not None
 
+    @property
+    def sequence(self) -> SequenceParams | None:
+        return self.params.sequence if self.params is not None else None
+
+    def encode(self, requests: Sequence[RankRequest]) -> None:
+        """Fill in ``user`` of the requests that still carry a sequence: one batched encoder call
+        for all of them (items the version's index does not hold are left out of a sequence)."""
+        todo = [r for r in requests if r.seq is not None]
+        if not todo:
+            return
+        seq = self.sequence
+        lookup = self.space.base.key_lookup()
+        table = self.space.index.matrix
+        x, neg, gap, mask = encode_sequences([(lookup.row_each(r.seq.keys), r.seq.signs, r.seq.times) for r in todo],
+                                             table, seq.max_len)
+        some = np.flatnonzero(mask.any(axis=1))
+        H = seq.user_vectors(x[some], neg[some], gap[some], mask[some]) if some.size else None
+        for r in todo:
+            r.seq = None
+        for j, i in enumerate(some.tolist()):
+            todo[i].user = H[j]
+
 
 class Recommender:
     """Index + popularity + ranking + the user update rule, behind two calls."""
 
     def __init__(self, index: ItemIndex, *, config: RecommenderConfig | None = None,
                  head: LinearHead | None = None, popularity: Popularity | None = None,
-                 version: str = "v0") -> None:
+                 version: str = "v0", cooccurrence: Cooccurrence | None = None) -> None:
         self.index = index
         self.config = config or RecommenderConfig()
         self.popularity = popularity or Popularity(self.config.popularity_half_life_s)
-        self.active = ActiveModel(version, None, None,
-                                  Ranker(index, self.popularity, head=head, weights=self.config.weights))
+        #: Item co-occurrence in users' recent items, counted from the events observed (as
+        #: popularity is); trained versions blend it in (``Weights.cooccurrence``).
+        self.cooccurrence = cooccurrence or Cooccurrence()
+        self.active = ActiveModel(version, None, None, Ranker(index, self.popularity, head=head,
+                                                              weights=self.config.weights, cooccurrence=self.cooccurrence))
         self.explorer = Explorer(self.config.explore) if self.config.explore.enabled else None
 
     # -- model versions ------------------------------------------------------------------
@@ -141,10 +183,15 @@ class Recommender:
         if params is None or params.is_identity:
             weights = params.weights if params is not None else self.config.weights
             head = params.head() if params is not None else None
-            return ActiveModel(version, params, None, Ranker(self.index, self.popularity, head=head, weights=weights))
+            return ActiveModel(version, params, None, Ranker(self.index, self.popularity, head=head, weights=weights,
+                                                             cooccurrence=self.cooccurrence))
         space = ModelSpace(self.index, params)
-        return ActiveModel(version, params, space,
-                           Ranker(space.index, self.popularity, head=params.head(), weights=params.weights))
+        if params.sequence is not None:
+            params.sequence.session()  # made here (a worker thread), not on the first event
+        ranker = Ranker(space.index, self.popularity, head=params.head(), weights=params.weights,
+                        text_index=self.index if params.sequence is not None else None, cooccurrence=self.cooccurrence)
+        queries = Ranker(self.index, self.popularity, weights=self.config.weights) if params.sequence is not None else None
+        return ActiveModel(version, params, space, ranker, queries)
 
     def activate(self, model: ActiveModel) -> None:
         """Switch to a prepared version in one assignment (call between two events)."""
@@ -161,12 +208,21 @@ class Recommender:
         model = model or self.active
         if state is None:
             return model.to_space(None)
+        if model.sequence is not None:
+            r = self.request(state, model)
+            model.encode([r])
+            return r.user
         return model.to_space(state.unit(), state.item_weights() if model.uses_history else None)
+
+    def _text(self, state: UserState | None, model: ActiveModel) -> np.ndarray | None:
+        """The user's text-rolling vector where ``model`` has a text part (a sequence version)."""
+        return state.unit() if state is not None and model.sequence is not None else None
 
     def score_all(self, state: UserState | None, model: ActiveModel | None = None):
         """``(total, parts)`` over every index row for a user, as :meth:`recommend` ranks them."""
         model = model or self.active
-        return model.ranker.score_all(self.user_vector(state, model))
+        return model.ranker.score_all(self.user_vector(state, model), self._text(state, model),
+                                      self._cooc(state, model))
 
     @property
     def dim(self) -> int:
@@ -183,6 +239,8 @@ class Recommender:
         beforehand whether unknown items are accepted at all.
         """
         item_vec = self.index.get(event.item_id)
+        row = self.index._row.get(event.item_id)
+        previous = self.history_rows(state) if row is not None else None
         apply_event(
             state,
             item_id=event.item_id,
@@ -194,12 +252,36 @@ class Recommender:
             rating=event.rating,
             config=self.config.update,
         )
+        if row is not None:
+            self.cooccurrence.follow(self.index)
+            self.cooccurrence.add(previous, row)
         sign = self.config.update.sign(event.rating)
         if sign > 0:  # a pan is an interaction, but not a vote for popularity
             self.popularity.add(event.item_id, event.event_time, sign, self.index)
         if self.explorer is not None:
             self.explorer.clicked(event.user_id, event.item_id)  # the reward for a list served earlier
         return state
+
+    def history_rows(self, state: UserState | None) -> np.ndarray:
+        """The index rows of the user's recent distinct items (the state's sequence), oldest
+        first, each at its latest position: what the co-occurrence part reads."""
+        if state is None or not len(state.seq):
+            return np.zeros(0, np.int64)
+        rows = self.index.key_lookup().row_each(state.seq.keys)
+        rev = rows[rows >= 0][::-1]
+        _, first = np.unique(rev, return_index=True)
+        return rev[np.sort(first)][::-1].copy()
+
+    def _cooc(self, state: UserState | None, model: ActiveModel, force: bool = False) -> np.ndarray | None:
+        """The user's co-occurrence scores per index row now, where ``model`` blends them in (or
+        ``force``); None: not needed, or nothing to go on."""
+        if state is None or not (force or model.ranker.weights.cooccurrence):
+            return None
+        self.cooccurrence.follow(self.index)
+        rows = self.history_rows(state)
+        if not rows.size:
+            return None
+        return self.cooccurrence.scores([rows], len(self.index.alive))[0]
 
     def recommend(self, state: UserState | None, n: int | None = None, *,
                   user_id: str | None = None) -> Recommendation:
@@ -211,14 +293,14 @@ class Recommender:
         """
         n = n or self.config.top_n
         model = self.active  # one version for the whole list, even if a swap lands meanwhile
-        user = self.user_vector(state, model)
+        user, text, hist = self.user_vector(state, model), self._text(state, model), self._cooc(state, model)
         exclude = self.exclusion(state)
         k = self.explorer.slots(n) if self.explorer is not None else 0
         if not k:
-            rec = model.ranker.recommend(user, n, exclude=exclude)
+            rec = model.ranker.recommend(user, n, exclude=exclude, text=text, cooc_row=hist)
             rec.model_version = model.version
             return rec
-        wide = model.ranker.recommend(user, self.wide_length(n), exclude=exclude)
+        wide = model.ranker.recommend(user, self.wide_length(n), exclude=exclude, text=text, cooc_row=hist)
         picked = self._explore([it.item_id for it in wide.items], n, k, user_id)[1]
         by_id = {it.item_id: it for it in wide.items[n - k:]}
         explored = [ScoredItem(i, by_id[i].score, by_id[i].parts, by_id[i].driver, explored=True) for i in picked]
@@ -258,12 +340,19 @@ class Recommender:
         corrupt user fails alone, never the chunk ranked with it.
         """
         model = model or self.active
+        index = model.ranker.index
+        if model.sequence is not None:  # the sequence is encoded with the rest of the block
+            text = state.unit() if state is not None else None
+            if text is not None and not np.all(np.isfinite(text)):
+                raise ValueError("user vector contains NaN or infinite values; reset this user's state")
+            seq = state.seq if state is not None and len(state.seq) else None
+            return RankRequest(None, self.exclusion(state), model.ranker.popularity.dense(index), index.version,
+                               model.version, text, seq, self._cooc(state, model))
         user = self.user_vector(state, model)
         if user is not None and not np.all(np.isfinite(user)):
             raise ValueError("user vector contains NaN or infinite values; reset this user's state")
-        index = model.ranker.index
         return RankRequest(user, self.exclusion(state), model.ranker.popularity.dense(index), index.version,
-                           model.version)
+                           model.version, cooc=self._cooc(state, model))
 
     def recommend_many(self, requests: Sequence[RankRequest], model: ActiveModel | None = None,
                        n: int | None = None) -> list[Recommendation]:
@@ -276,9 +365,11 @@ class Recommender:
         if stale is not None:
             raise ValueError(f"a request made for model {stale} cannot be ranked by {model.version}")
         layout = model.ranker.index.version
+        model.encode(requests)
         recs = model.ranker.recommend_many([r.user for r in requests], n or self.config.top_n,
                                            excludes=[r.exclude for r in requests],
-                                           popularity=[r.popularity if r.layout == layout else None for r in requests])
+                                           popularity=[r.popularity if r.layout == layout else None for r in requests],
+                                           texts=[r.text for r in requests], cooc=[r.cooc for r in requests])
         for rec in recs:
             rec.model_version = model.version
         return recs
@@ -292,9 +383,11 @@ class Recommender:
         if stale is not None:
             raise ValueError(f"a request made for model {stale} cannot be ranked by {model.version}")
         layout = model.ranker.index.version
+        model.encode(requests)
         (total,) = model.ranker.score_matrix([r.user for r in requests], excludes=[r.exclude for r in requests],
                                              popularity=[r.popularity if r.layout == layout else None
-                                                         for r in requests])
+                                                         for r in requests], texts=[r.text for r in requests],
+                                             cooc=[r.cooc for r in requests])
         return total
 
     # -- requests from the API -----------------------------------------------------------
@@ -325,18 +418,19 @@ class Recommender:
                              exclude: Iterable[str] = ()) -> Recommendation:
         """Top-N for any query vector in encoder space (None: the cold-start list). No exploration."""
         model = self.active
-        rec = model.ranker.recommend(model.to_space(vector), n or self.config.top_n, exclude=exclude)
+        rec = model.queries.recommend(model.to_space(vector), n or self.config.top_n, exclude=exclude)
         rec.model_version = model.version
         return rec
 
     def recommend_for_request(self, state: UserState | None, text_vec: np.ndarray | None,
                               n: int | None = None, *, text_weight: float | None = None) -> Recommendation:
         """A natural-language request, alone (``state`` None) or blended with a user's vector;
-        the user's seen items are excluded as in their own list."""
+        the user's seen items are excluded as in their own list. (A sequence version ranks the
+        blend in encoder space: its users are sequences, a request is text.)"""
         q = self.query(state, text_vec, text_weight)
         model = self.active
-        rec = model.ranker.recommend(model.to_space(q.vector, q.history), n or self.config.top_n,
-                                     exclude=self.exclusion(state))
+        rec = model.queries.recommend(model.to_space(q.vector, q.history), n or self.config.top_n,
+                                      exclude=self.exclusion(state))
         rec.model_version = model.version
         return rec
 
@@ -365,10 +459,13 @@ class Recommender:
           (negative: down) compared to the ranking without that part.
 
         Must be called with the same state and request as the list (the ranking is
-        recomputed here, so it costs one more scoring pass).
+        recomputed here, so it costs one more scoring pass). A sequence version's own lists are
+        explained by :meth:`_explain_sequence`.
         """
-        q = self.query(state, text_vec, text_weight)
         model = self.active
+        if model.sequence is not None and (text_vec is None or not np.any(text_vec)):
+            return self._explain_sequence(state, rec, model, top)
+        q = self.query(state, text_vec, text_weight)
         adapter = model.params.adapter if model.params is not None else None
 
         def lin(x: np.ndarray) -> np.ndarray:  # encoder space -> the version's space (before normalising)
@@ -384,8 +481,8 @@ class Recommender:
                 s_ctx = 1.0 / max(float(np.linalg.norm(full)), 1e-12)
                 s *= s_ctx
             qv = (raw * s + (ctx * s_ctx if ctx is not None else 0.0)).astype(np.float32)
-        total, parts = model.ranker.score_all(qv)
-        space = model.ranker.index  # same rows as self.index
+        total, parts = model.queries.score_all(qv)
+        space = model.queries.index  # same rows as self.index
         eligible = np.isfinite(total)
         drop = self.index.mask_rows(self.exclusion(state))
         if drop.size:
@@ -401,7 +498,7 @@ class Recommender:
                     hist_ids.append(h)
                     hist_w.append(a)
                     hist_rows.append(row)
-        w_sim = model.ranker.weights.similarity
+        w_sim = model.queries.weights.similarity
         scale = np.asarray(hist_w, dtype=np.float32) * np.float32(w_sim * s * q.user_coef / norm) if hist_ids else None
         hist_vecs = lin(self.index.matrix[hist_rows]) if hist_ids else None
         ctx_vecs = ctx_scale = None
@@ -443,12 +540,57 @@ class Recommender:
                 moved = {}
                 mine = total[row]
                 rank_with = int(np.count_nonzero(total[eligible] > mine))
-                for name in ("popularity", "head"):
+                for name in ("popularity", "head", "text", "cooccurrence"):
                     if name in parts:
                         without = (total - parts[name])[eligible]
                         moved[name] = int(np.count_nonzero(without > mine - parts[name][row])) - rank_with
                 if moved:
                     entry["moved"] = moved
+            out.append(entry)
+        return out
+
+    def _explain_sequence(self, state: UserState | None, rec: Recommendation, model: ActiveModel,
+                          top: int) -> list[dict]:
+        """:meth:`explain` for a sequence version's list. The encoder is not linear in the user's
+        items, so ``history`` is an approximation: the user's readable recent items that are
+        closest to the item in the version's item space (``<e_h, e_item>``), each credited
+        ``w_sim * <e_h, e_item> / n`` of the similarity part (``n`` the items read); the rest is
+        ``similarity_other``. ``moved`` is exact, as for any version."""
+        total, parts = self.score_all(state, model)
+        eligible = np.isfinite(total)
+        drop = self.index.mask_rows(self.exclusion(state))
+        if drop.size:
+            eligible[drop] = False
+        hist_rows: list[int] = []
+        if state is not None and len(state.seq):
+            rows = self.index.key_lookup().row_each(state.seq.keys)
+            hist_rows = list(dict.fromkeys(r for r in rows[::-1].tolist() if r >= 0))[: model.sequence.max_len]
+        E = model.ranker.index.matrix
+        w_sim = model.ranker.weights.similarity
+        out = []
+        for pos, it in enumerate(rec.items, start=1):
+            entry: dict = {"item_id": it.item_id, "rank": pos, "score": round(it.score, 6), "driver": it.driver,
+                           "parts": {k: round(v, 6) for k, v in it.parts.items()}}
+            if it.explored:
+                entry["explored"] = True
+            row = self.index._row.get(it.item_id)
+            if row is None:
+                out.append(entry)
+                continue
+            if hist_rows and "similarity" in parts:
+                contrib = (E[hist_rows] @ E[row]) * np.float32(w_sim / len(hist_rows))
+                best = [j for j in np.argsort(-contrib, kind="stable")[:top] if contrib[j] > 0]
+                entry["history"] = [{"item_id": self.index.id_at(hist_rows[j]), "weight": None,
+                                     "contribution": round(float(contrib[j]), 6)} for j in best]
+                entry["similarity_other"] = round(float(parts["similarity"][row] - contrib[best].sum()), 6)
+            moved, mine = {}, total[row]
+            rank_with = int(np.count_nonzero(total[eligible] > mine))
+            for name in ("popularity", "head", "text", "cooccurrence"):
+                if name in parts:
+                    without = (total - parts[name])[eligible]
+                    moved[name] = int(np.count_nonzero(without > mine - parts[name][row])) - rank_with
+            if moved:
+                entry["moved"] = moved
             out.append(entry)
         return out
 

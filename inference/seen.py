@@ -50,6 +50,13 @@ class KeyLookup:
         self.keys = np.asarray(keys, dtype=KEY_DTYPE)[order]
         self.rows = np.asarray(rows, dtype=np.int64)[order]
 
+    def row_each(self, wanted: np.ndarray) -> np.ndarray:
+        """Per wanted key, in order: the first row holding it, or -1 (a sequence's items -> rows)."""
+        if not wanted.size or not self.keys.size:
+            return np.full(wanted.size, -1, dtype=np.int64)
+        lo = np.minimum(np.searchsorted(self.keys, wanted, "left"), self.keys.size - 1)
+        return np.where(self.keys[lo] == wanted, self.rows[lo], -1)
+
     def rows_of(self, wanted: np.ndarray) -> np.ndarray:
         if not wanted.size or not self.keys.size:
             return np.empty(0, dtype=np.int64)

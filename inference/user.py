@@ -23,7 +23,9 @@ import numpy as np
 
 from .seen import KEY_DTYPE, add_key, item_key, item_keys
 
-STATE_FORMAT = 3  # 2: adds each recent item's signed weight; 3: adds the seen-items keys (1 and 2 still read)
+#: 2: adds each recent item's signed weight; 3: the seen-items keys; 4: the recent event sequence
+#: (1 to 3 still read)
+STATE_FORMAT = 4
 _MAGIC = b"SU"
 _HEAD = struct.Struct("<2sBHIdd")  # magic, format, dim, count, last_time, weight
 
@@ -43,12 +45,43 @@ class UpdateConfig:
     #: ``RecommenderConfig.repeats``); past this many the oldest are forgotten (80 KB a user).
     seen_items: int = 20_000
     recent_events: int = 200  # kept to drop duplicate event ids
+    #: The most recent events (item key, sign, time) a trained sequence encoder reads
+    #: (:mod:`inference.sequence`): 9 bytes each.
+    sequence_items: int = 50
 
     def sign(self, rating: float | None) -> float:
         """+1 for no rating; otherwise the rating mapped to [-1, 1] around neutral."""
         if rating is None:
             return 1.0
         return float(np.clip((rating - self.rating_neutral) / self.rating_span, -1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """A user's recent events as three aligned arrays (see ``UserState.seq``)."""
+
+    keys: np.ndarray  # KEY_DTYPE item keys
+    signs: np.ndarray  # int8: -1, 0, +1
+    times: np.ndarray  # float64 event times (-inf: unknown, in states written before format 4)
+
+    @classmethod
+    def empty(cls) -> Sequence:
+        return cls(np.zeros(0, KEY_DTYPE), np.zeros(0, np.int8), np.zeros(0, np.float64))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, key: int, sign: int, time: float, cap: int) -> Sequence:
+        """A new sequence with the event inserted in time order (after the events of the same
+        time: those keep their arrival order), the oldest dropped past ``cap``."""
+        t, k = self.times, self.keys
+        at = int(np.searchsorted(t, time, side="right"))
+        keys = np.insert(k, at, np.asarray(key, KEY_DTYPE))
+        signs = np.insert(self.signs, at, np.int8(sign))
+        times = np.insert(t, at, time)
+        if len(keys) > cap:
+            keys, signs, times = keys[-cap:], signs[-cap:], times[-cap:]
+        return Sequence(keys, signs, times)
 
 
 @dataclass
@@ -69,6 +102,11 @@ class UserState:
     #: (capped at ``UpdateConfig.seen_items``): what lists exclude. Replaced, never written
     #: to, on each event, so a ranking request can keep a reference as its snapshot.
     seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=KEY_DTYPE))
+    #: The last ``UpdateConfig.sequence_items`` events, oldest first, in event-time order (events
+    #: of the same time in the order they arrived): the item keys, each event's sign (-1 below
+    #: the neutral rating, 0 neutral, +1) and its time. Replaced, never written to, on each
+    #: event (a ranking request keeps a reference as its snapshot).
+    seq: Sequence = field(default_factory=lambda: Sequence.empty())
 
     @classmethod
     def empty(cls, dim: int) -> UserState:
@@ -117,6 +155,11 @@ class UserState:
         parts.append(np.asarray([weights[i] for i in self.recent_items], dtype="<f4").tobytes())
         parts.append(struct.pack("<I", len(self.seen)))
         parts.append(np.ascontiguousarray(self.seen, dtype=KEY_DTYPE).tobytes())
+        seq = self.seq
+        parts.append(struct.pack("<H", len(seq)))
+        parts.append(np.ascontiguousarray(seq.keys, dtype=KEY_DTYPE).tobytes())
+        parts.append(np.ascontiguousarray(seq.signs, dtype=np.int8).tobytes())
+        parts.append(np.ascontiguousarray(seq.times, dtype="<f8").tobytes())
         return b"".join(parts)
 
     @classmethod
@@ -152,9 +195,27 @@ class UserState:
         if fmt >= 3:
             (n,) = struct.unpack_from("<I", data, pos)
             seen = np.frombuffer(data, dtype=KEY_DTYPE, count=n, offset=pos + 4).copy()
+            pos += 4 + 4 * n
         else:  # written before the seen-items set: the recent items are all it knows
             seen = item_keys(lists[0])
-        return cls(vector, last_time, count, weight, lists[0], lists[1], weights, seen)
+        if fmt >= 4:
+            (n,) = struct.unpack_from("<H", data, pos)
+            pos += 2
+            keys = np.frombuffer(data, dtype=KEY_DTYPE, count=n, offset=pos).copy()
+            signs = np.frombuffer(data, dtype=np.int8, count=n, offset=pos + 4 * n).copy()
+            times = np.frombuffer(data, dtype="<f8", count=n, offset=pos + 5 * n).astype(np.float64)
+            seq = Sequence(keys, signs, times)
+        else:  # written before the sequence: its recent items (oldest first), times unknown
+            seq = _sequence_from_recent(lists[0], weights)
+        return cls(vector, last_time, count, weight, lists[0], lists[1], weights, seen, seq)
+
+
+def _sequence_from_recent(items: list[str], weights: list[float], cap: int = 50) -> Sequence:
+    """A pre-format-4 state's sequence: its recent items in order, signed by their weights, at an
+    unknown time (older than any event to come)."""
+    items, weights = items[-cap:], weights[-cap:]
+    signs = [0 if not w == w else (1 if w > 0 else -1 if w < 0 else 0) for w in weights]  # NaN: 0
+    return Sequence(item_keys(items), np.asarray(signs, np.int8), np.full(len(items), -np.inf))
 
 
 def event_vector(
@@ -222,7 +283,10 @@ def apply_event(
         added = late * weight
     state.count += 1
     _remember(state.recent_items, item_id, config.recent_items)
-    state.seen = add_key(state.seen, item_key(item_id), config.seen_items)
+    key = item_key(item_id)
+    state.seen = add_key(state.seen, key, config.seen_items)
+    sign = config.sign(rating)
+    state.seq = state.seq.add(key, 1 if sign > 0 else -1 if sign < 0 else 0, event_time, config.sequence_items)
     state.recent_weights = [weights.get(i, 0.0) + (added if i == item_id else 0.0) for i in state.recent_items]
     if event_id is not None:
         _remember(state.recent_events, event_id, config.recent_events)

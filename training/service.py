@@ -186,16 +186,23 @@ def _plot_curve(curve: list[dict], version: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ep = [c["epoch"] for c in curve]
-    ax.plot(ep, [c["loss"] for c in curve], marker="o", label="training loss")
-    ax.plot(ep, [c["val_loss"] for c in curve], marker="s", label="validation loss")
+    trained = [c for c in curve if c.get("loss") is not None]
+    ax.plot([c["epoch"] for c in trained], [c["loss"] for c in trained], marker="o", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("sampled-softmax loss")
+    if any("val_loss" in c for c in curve):  # the adapter recipe: validation loss
+        ax.plot([c["epoch"] for c in curve], [c.get("val_loss") for c in curve], marker="s", label="validation loss")
+    elif any("val_ndcg" in c for c in curve):  # the sequence recipe: validation NDCG@10, its own axis
+        ax2 = ax.twinx()
+        ax2.plot([c["epoch"] for c in curve if "val_ndcg" in c], [c["val_ndcg"] for c in curve if "val_ndcg" in c],
+                 marker="s", color="tab:orange", label="validation NDCG@10")
+        ax2.set_ylabel("validation NDCG@10")
+        ax2.legend(loc="upper right")
     best = [c["epoch"] for c in curve if c.get("best")]
     if best:
         ax.axvline(best[0], color="grey", ls=":", label=f"kept (epoch {best[0]})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("sampled-softmax loss")
     ax.set_title(f"streamrec {version}: training curve")
-    ax.legend()
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -247,7 +254,10 @@ def train_once(cfg: TrainerConfig, encoder=None, request: dict | None = None) ->
     accepted = cand["events"] > 0 and cand["ndcg"] >= cur["ndcg"]
     version = reg.next_version()
     rng = random.Random(cfg.train.seed)
-    sample = events if len(events) <= cfg.replay_sample else rng.sample(events, cfg.replay_sample)
+    if cfg.train.recipe == "sequence":  # the newest events, whole: users' sequences stay contiguous
+        sample = events[-cfg.replay_sample:]
+    else:
+        sample = events if len(events) <= cfg.replay_sample else rng.sample(events, cfg.replay_sample)
     enc = encoder.info
     manifest = {
         "version": version,
@@ -261,11 +271,13 @@ def train_once(cfg: TrainerConfig, encoder=None, request: dict | None = None) ->
                        "train_events": len(train), "held_out_events": len(held)},
         "training": {"seconds": round(result.seconds, 2), "pairs": result.pairs, "curve": result.curve,
                      "validation": result.validation, "config": result.config,
-                     "residual_items": len(result.params.residual_ids)},
+                     "residual_items": len(result.params.residual_ids), "recipe": cfg.train.recipe},
         "metrics": {f"candidate_ndcg@{cfg.train.k}": cand["ndcg"], f"current_ndcg@{cfg.train.k}": cur["ndcg"],
                     "candidate": cand, "current": cur, "held_out_scored": cand["events"]},
         "encoder": {"reuses": str(cfg.model_dir), "model_name": enc.model_name, "dim": encoder.dim,
-                    "note": "the encoder is frozen: this version adds an adapter, residuals and a head over it"},
+                    "note": "the encoder is frozen: this version adds a sequence encoder over its vectors "
+                            "(sequence.onnx, sequence.npz)" if result.params.sequence is not None else
+                            "the encoder is frozen: this version adds an adapter, residuals and a head over it"},
         "weights": asdict(result.params.weights),
     }
     if not accepted:
@@ -364,11 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="train once now and exit (no retrain request needed)")
     p.add_argument("--min-events", type=int, default=100, help="new events needed to train (default: %(default)s)")
     p.add_argument("--replay-sample", type=int, default=20_000,
-                   help="older events kept per version and replayed by the next (default: %(default)s)")
+                   help="older events kept per version and replayed by the next: the newest ones (sequence "
+                        "recipe: users' histories stay whole) or a random sample (adapter) (default: %(default)s)")
     p.add_argument("--min-pairs", type=int, default=TrainConfig.min_pairs,
                    help="training pairs (a user's next choice after some history) needed to fit a version "
                         "(default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="default: %(default)s")
+    p.add_argument("--recipe", choices=("sequence", "adapter"), default=TrainConfig.recipe,
+                   help="sequence: a sequence encoder over users' recent items, blended with their text vector, "
+                        "item co-occurrence and popularity; adapter: the earlier adapter + residuals recipe "
+                        "(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                   help="adapter recipe: epochs per version (default: %(default)s)")
     p.add_argument("--holdout", type=float, default=TrainConfig.holdout,
                    help="most recent share of events held out to accept or reject (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -382,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inference.encoder import ModelDirError  # noqa: F401 - clear error below
     model_dir = args.model or Path(os.environ.get("STREAMREC_MODEL_DIR",
                                                   "~/.cache/streamrec/models/all-MiniLM-L6-v2")).expanduser()
-    train = TrainConfig(epochs=args.epochs, holdout=args.holdout, min_pairs=args.min_pairs)
+    train = TrainConfig(recipe=args.recipe, epochs=args.epochs, holdout=args.holdout, min_pairs=args.min_pairs)
     cfg = TrainerConfig(kafka=kafka_from_args(args), topics=Topics(args.prefix), registry=args.registry,
                         model_dir=model_dir, train=train,
                         min_events=args.min_events, replay_sample=args.replay_sample, progress=not args.quiet)

@@ -39,12 +39,16 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from inference.events import Event
+from inference.cooccur import Cooccurrence
 from inference.index import ItemIndex
 from inference.model import ModelParams, safe_unit
 from inference.ranking import Popularity, Weights
 from inference.recommender import ActiveModel, Recommender, RecommenderConfig
 from inference.user import UpdateConfig, UserState
 from inference.vectors import top_k
+
+from .seqfit import DEFAULT_GRID
+from .seqmodel import SequenceConfig
 
 log = logging.getLogger("streamrec.train")
 
@@ -53,6 +57,27 @@ log = logging.getLogger("streamrec.train")
 class TrainConfig:
     """Plain training knobs (all recorded in each version's manifest)."""
 
+    #: "sequence" (default): a sequence encoder over the user's recent items with the
+    #: text-rolling vector and popularity blended in (:mod:`training.seqrecipe`); "adapter":
+    #: the earlier recipe, an adapter, item residuals and context vectors over the text vectors.
+    recipe: str = "sequence"
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    #: Choices a sequence chain's first fit picks on its validation slice (later fits keep them).
+    sequence_grid: dict = field(default_factory=lambda: dict(DEFAULT_GRID))
+    #: A sequence version's blend (sequence score, text-rolling part, item co-occurrence,
+    #: popularity) is fitted on at most ``max_validation_events`` of the validation tail,
+    #: each event's item against ``blend_candidates`` top items of every part and as many at
+    #: random, for ``blend_steps`` optimiser steps (:func:`training.seqrecipe.fit_blend`).
+    max_validation_events: int = 2000
+    #: What a sequence version's blend is picked on, and the acceptance test run on: "tail",
+    #: the newest events (the streaming task: what ``streamrec train`` serves), or "last",
+    #: each user's last event (the leave-last-out task; ``streamrec evaluate``'s offline refit).
+    validation_slice: str = "tail"
+    blend_candidates: int = 30
+    blend_steps: int = 300
+    #: Largest difference (max abs, user vectors) between the exported ONNX encoder and torch;
+    #: a version over it is refused (the current one keeps serving).
+    parity_tolerance: float = 1e-4
     epochs: int = 12
     patience: int = 2  # stop after this many epochs without a better validation loss
     batch_size: int = 256
@@ -158,6 +183,7 @@ class ReplayState:
     popularity: Popularity
     update: UpdateConfig
     half_life_s: float
+    cooccurrence: Cooccurrence | None = None
     #: the index the events were replayed over, and the ids and vectors it was built from
     index: ItemIndex | None = field(default=None, repr=False)
     item_ids: list[str] | None = field(default=None, repr=False)
@@ -166,14 +192,15 @@ class ReplayState:
     @classmethod
     def take(cls, rec: Recommender, states: dict[str, UserState]) -> ReplayState:
         return cls(copy.deepcopy(states), Popularity.from_state(rec.popularity.state()),
-                   replace(rec.config.update), rec.popularity.half_life_s)
+                   replace(rec.config.update), rec.popularity.half_life_s, rec.cooccurrence.copy())
 
     def fits(self, config: RecommenderConfig) -> bool:
         """Whether a replay under ``config`` would have built these very states."""
         return self.update == config.update and self.half_life_s == config.popularity_half_life_s
 
-    def restore(self) -> tuple[dict[str, UserState], Popularity]:
-        return copy.deepcopy(self.states), Popularity.from_state(self.popularity.state())
+    def restore(self) -> tuple[dict[str, UserState], Popularity, Cooccurrence | None]:
+        co = self.cooccurrence.copy() if self.cooccurrence is not None else None
+        return copy.deepcopy(self.states), Popularity.from_state(self.popularity.state()), co
 
     def index_for(self, item_ids: list[str], item_vecs: np.ndarray) -> ItemIndex | None:
         """The replay's index if it holds exactly these items and vectors (nothing changes an
@@ -354,12 +381,11 @@ def _fit(torch, U, hist, targets, V, res_rows, parent_A, parent_R, parent_C, val
             opt.zero_grad()
             (loss + reg).backward()
             with torch.no_grad():
-                for P, P0, scale in pulls:
-                    pull = (P - P0).mul_(scale)
+                for P, P0, scale in pulls:  # in place: no new (items x dim) tensor per step
                     if P.grad is None:
-                        P.grad = pull
+                        P.grad = (P - P0).mul_(scale)
                     else:
-                        P.grad += pull
+                        P.grad.add_(P, alpha=scale).sub_(P0, alpha=scale)
             opt.step()
             total += float(loss.detach()) * len(b)
         with torch.no_grad():
@@ -420,6 +446,15 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
     weights; nothing here sees the acceptance slice (the caller holds it back).
     """
     cfg = cfg or TrainConfig()
+    if cfg.recipe == "sequence":
+        from .seqrecipe import train_sequence_version
+
+        return train_sequence_version(events, item_ids, item_vecs, text_vecs, parent=parent, cfg=cfg,
+                                      base_weights=base_weights, progress=progress)
+    if cfg.recipe != "adapter":
+        raise ValueError(f"unknown training recipe {cfg.recipe!r}: use 'sequence' or 'adapter'")
+    if parent is not None and parent.sequence is not None:
+        parent = None  # an adapter version does not grow from a sequence version
     t0 = time.perf_counter()
     item_ids = [str(i) for i in item_ids]
     item_vecs = np.asarray(item_vecs, np.float32)
@@ -502,7 +537,8 @@ SLICE_BLOCK = 128
 def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids: Sequence[str],
                    item_vecs: np.ndarray, text_vecs: dict[str, np.ndarray],
                    models: dict[str, ModelParams | None], *, k: int = 10,
-                   config: RecommenderConfig | None = None, start: ReplayState | None = None) -> dict[str, dict]:
+                   config: RecommenderConfig | None = None, start: ReplayState | None = None,
+                   collect: Callable[[ActiveModel, list, np.ndarray], None] | None = None) -> dict[str, dict]:
     """NDCG@k / HR@k of each model on ``held_out``, test-then-train, after ``context``.
 
     User state and popularity are model-independent, so one replay serves every model: for
@@ -515,18 +551,20 @@ def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids
     matrices for a block of events at once. Models that differ only in their blend weights
     (the trainer's weight grid) share one scoring space and one product. ``start``: the
     states and popularity after ``context`` (:class:`ReplayState`), when the caller has them.
+    ``collect(model, requests, target_rows)``: called for each block instead of ranking it (the
+    sequence recipe fits its blend on the parts of each request).
     """
     ids, vecs = [str(i) for i in item_ids], np.asarray(item_vecs, np.float32)
     config = config or RecommenderConfig()
     states: dict[str, UserState] = {}
-    popularity = index = None
+    popularity = index = co = None
     if start is not None and start.fits(config):
         index = start.index_for(ids, vecs)
         if index is not None:
-            states, popularity = start.restore()
+            states, popularity, co = start.restore()
     if index is None:
         index = build_index(ids, vecs)
-    rec = Recommender(index, config=config, popularity=popularity)
+    rec = Recommender(index, config=config, popularity=popularity, cooccurrence=co)
     groups = _share_spaces(rec, models)
     if popularity is None:
         replay_events(rec, states, context, text_vecs)
@@ -540,10 +578,14 @@ def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids
         for g, (model, members) in enumerate(groups):
             reqs = [r[g] for _, r in pending]
             layout = model.ranker.index.version
+            model.encode(reqs)  # a sequence version: one encoder call for the block
+            if collect is not None:
+                collect(model, reqs, targets)
+                continue
             totals = model.ranker.score_matrix(
                 [r.user for r in reqs], excludes=[r.exclude for r in reqs],
                 popularity=[r.popularity if r.layout == layout else None for r in reqs],
-                weights=[w for _, w in members])
+                weights=[w for _, w in members], texts=[r.text for r in reqs], cooc=[r.cooc for r in reqs])
             for (name, _), total in zip(members, totals):
                 t = total[at, targets][:, None]
                 higher = np.count_nonzero(total > t, axis=1)
@@ -561,7 +603,11 @@ def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids
             return
         scored += 1
         user = state if state.count else None
-        pending.append((index.row(ev.item_id), [rec.request(user, model) for model, _ in groups]))
+        reqs = [rec.request(user, model) for model, _ in groups]
+        for r, (model, members) in zip(reqs, groups):  # co-occurrence for every member that blends it in
+            if r.cooc is None and any(w.cooccurrence for _, w in members):
+                r.cooc = rec._cooc(user, model, force=True)
+        pending.append((index.row(ev.item_id), reqs))
         if len(pending) >= SLICE_BLOCK:
             rank_block()
 
@@ -586,7 +632,8 @@ def _share_spaces(rec: Recommender, models: dict[str, ModelParams | None],
             key: tuple = ("encoder",)
             weights = rec.config.weights
         else:
-            space = None if p.is_identity else (id(p.adapter), id(p.residuals), id(p.context), id(p.residual_ids))
+            space = None if p.is_identity else (id(p.adapter), id(p.residuals), id(p.context), id(p.residual_ids),
+                                                 id(p.sequence))
             key = (space, id(p.head_w), float(p.head_b))
             weights = p.weights
         if key not in groups:
@@ -628,6 +675,15 @@ class PeriodicRetrainer:
         self.skipped: list[dict] = []  # retrain points with too few pairs: nothing trained, nothing measured
         self._rng = random.Random(self.cfg.seed)
 
+    def variant(self, *, validation_slice: str | None = None, **sequence: object) -> PeriodicRetrainer:
+        """A new retrainer like this one whose sequence encoder differs by ``sequence`` (e.g.
+        ``use_id=False``: the text-only ablation), or that validates on another slice."""
+        cfg = replace(self.cfg, sequence=replace(self.cfg.sequence, **sequence))
+        if validation_slice is not None:
+            cfg = replace(cfg, validation_slice=validation_slice)
+        return PeriodicRetrainer(cfg, window=self.window, replay_sample=self.replay_sample, every=self.every,
+                                 progress=self.progress)
+
     def __call__(self, rec: Recommender, events_so_far: Sequence[Event],
                  text_vecs: dict[str, np.ndarray] | None = None) -> None:
         n = len(events_so_far)
@@ -640,10 +696,18 @@ class PeriodicRetrainer:
         self._last, self._mark = n, events_so_far[n - 1] if n else None
         recent = list(events_so_far[-self.window:])
         older = events_so_far[: max(0, len(events_so_far) - self.window)]
+        if self.cfg.recipe == "sequence":
+            older = []  # a sequence model learns from users' contiguous histories: the window only
         sample = self._rng.sample(list(older), min(self.replay_sample, len(older))) if older else []
         sample.sort(key=lambda e: e.event_time)
         events = sample + recent
-        train, held = split_holdout(events, self.cfg)
+        if self.cfg.validation_slice == "last":  # every event trains; each user's last one also measures
+            from .seqfit import split_last
+
+            train = events
+            _, held = split_last(events)
+        else:
+            train, held = split_holdout(events, self.cfg)
         ids = rec.index.ids()
         vecs = np.stack([rec.index.vector(i) for i in ids]) if ids else np.zeros((0, rec.dim), np.float32)
         tv = text_vecs or {}
@@ -653,8 +717,13 @@ class PeriodicRetrainer:
         if result.too_few_pairs:
             self.skipped.append({"at_event": len(events_so_far), "pairs": result.pairs})
             return
-        scores = evaluate_slice(train, held, ids, vecs, tv, {"candidate": result.params, "current": parent},
-                                k=self.cfg.k, config=rec.config, start=result.replayed)
+        if self.cfg.validation_slice == "last":
+            context, held = split_last(events)
+            scores = evaluate_slice(context, held, ids, vecs, tv, {"candidate": result.params, "current": parent},
+                                    k=self.cfg.k, config=rec.config)
+        else:
+            scores = evaluate_slice(train, held, ids, vecs, tv, {"candidate": result.params, "current": parent},
+                                    k=self.cfg.k, config=rec.config, start=result.replayed)
         accepted = scores["candidate"]["ndcg"] >= scores["current"]["ndcg"]
         version = f"v{len([h for h in self.history if h['accepted']]) + 1}"
         self.history.append({"at_event": len(events_so_far), "version": version if accepted else None,

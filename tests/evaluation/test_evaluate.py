@@ -363,10 +363,13 @@ def test_retrain_hook_is_called_on_schedule(encoder):
 def test_periodic_retrainer_trains_checks_and_switches_versions(encoder):
     """The trainer's own code as the evaluation's hook: each retrain is measured on the newest
     events it held back, and the recommender only switches to versions that passed."""
+    from training.seqmodel import SequenceConfig
     from training.trainer import PeriodicRetrainer, TrainConfig
 
     mi = load_dataset("musical_instruments")
-    hook = PeriodicRetrainer(TrainConfig(epochs=3, min_holdout=30, min_pairs=50), window=2000, replay_sample=500)
+    quick = SequenceConfig(d=32, blocks=1, max_epochs=4, warm_epochs=2, threads=1)
+    hook = PeriodicRetrainer(TrainConfig(sequence=quick, sequence_grid={}, min_holdout=30, min_pairs=50),
+                             window=2000, replay_sample=500)
     res = evaluate(mi, encoder=encoder, retrain_hook=hook,
                    cfg=EvalConfig(limit=1500, retrain_every=500, systems=("streamrec", "streamrec-untrained"),
                                   offline=False))

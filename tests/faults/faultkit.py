@@ -373,6 +373,10 @@ def assert_states_equal(actual: dict[str, UserState], expected: dict[str, UserSt
         # vector and weight do not depend on that beyond float rounding: decay is in event time).
         assert set(got.recent_events) == set(want.recent_events), (user, got.recent_events, want.recent_events)
         assert set(got.recent_items) == set(want.recent_items), user
+        # the sequence a trained version reads: the same events at the same times (events of equal
+        # time keep their arrival order, which two topics do not fix)
+        assert sorted(zip(got.seq.times.tolist(), got.seq.keys.tolist())) == \
+            sorted(zip(want.seq.times.tolist(), want.seq.keys.tolist())), user
         assert got.last_time == want.last_time, user
         assert abs(got.weight - want.weight) <= 1e-6 * max(1.0, want.weight), (user, got.weight, want.weight)
         diff = float(np.max(np.abs(got.vector - want.vector)))

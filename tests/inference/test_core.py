@@ -256,13 +256,17 @@ def test_state_bytes_round_trip_and_reject_garbage():
     assert back.recent_items == s.recent_items and len(back.recent_items) == UpdateConfig().recent_items
     assert back.recent_events == s.recent_events and back.has_seen("evt-ü-129")
     assert np.allclose(back.recent_weights, s.recent_weights) and len(back.recent_weights) == 100
-    assert len(raw) < 384 * 4 + 100 * (12 + 4) + 130 * 14 + 64  # compact: float32, not JSON
+    assert len(back.seq) == 50 and np.array_equal(back.seq.keys, s.seq.keys)
+    assert np.array_equal(back.seq.times, np.arange(80.0, 130.0)) and (back.seq.signs == 1).all()
+    tail = (2 + 4 * 100) + (4 + 4 * 130) + (2 + 13 * 50)  # item weights, seen keys, sequence
+    assert len(raw) < 384 * 4 + 100 * (12 + 4) + 130 * 14 + tail + 64  # compact: float32, not JSON
     # a format-1 state (no item weights) from an older build still reads; its weights are unknown
-    v1 = bytearray(raw[: -(2 + 4 * 100)])
+    v1 = bytearray(raw[: -tail])
     v1[2] = 1
     old = UserState.from_bytes(bytes(v1))
     assert old.recent_items == s.recent_items and np.array_equal(old.vector, s.vector)
     assert all(np.isnan(w) for w in old.recent_weights)
+    assert len(old.seq) == 50 and np.isneginf(old.seq.times).all()  # its recent items, times unknown
     with pytest.raises(ValueError, match="not a streamrec user state"):
         UserState.from_bytes(b"\x00" * 64)
     bad_version = bytearray(raw)

@@ -120,12 +120,12 @@ def test_training_learns_what_text_cannot_tell_apart(real_items):
             out[name] = {"b1": served.index(b1), "b2": served.index(b2)}
         return out
 
-    with_context = ranks(train_version(events, ids, vecs, {}, cfg=TrainConfig(epochs=8, patience=8, min_pairs=10)).params)
+    with_context = ranks(train_version(events, ids, vecs, {}, cfg=TrainConfig(recipe="adapter", epochs=8, patience=8, min_pairs=10)).params)
     assert with_context["after_a1"]["b1"] < 3 and with_context["after_a2"]["b2"] < 3
     assert with_context["after_a1"]["b1"] < with_context["after_a1"]["b2"]
     assert with_context["after_a2"]["b2"] < with_context["after_a2"]["b1"]
 
-    without = ranks(train_version(events, ids, vecs, {}, cfg=TrainConfig(epochs=15, patience=15, batch_size=32, context=False, min_pairs=10)).params)
+    without = ranks(train_version(events, ids, vecs, {}, cfg=TrainConfig(recipe="adapter", epochs=15, patience=15, batch_size=32, context=False, min_pairs=10)).params)
     # the same text: without item identity the two users get the very same list
     assert without["after_a1"] == without["after_a2"]
 
@@ -137,7 +137,7 @@ def test_periodic_retrainer_trains_only_every_n_events():
     idx, ids = random_index()
     rec = Recommender(idx)
     events = [click(f"u{k % 40}", ids[(k * 7) % 50], k * 60.0, k) for k in range(800)]
-    hook = PeriodicRetrainer(TrainConfig(epochs=1, min_pairs=10), every=400)
+    hook = PeriodicRetrainer(TrainConfig(recipe="adapter", epochs=1, min_pairs=10), every=400)
     hook(rec, events[:400])
     hook(rec, events[:500])  # only 100 new events: skipped
     assert [h["at_event"] for h in hook.history] == [400]
@@ -153,7 +153,7 @@ def test_periodic_retrainer_waits_for_enough_training_pairs():
     idx, ids = random_index()
     rec = Recommender(idx)
     events = [click(f"u{k % 40}", ids[(k * 7) % 50], k * 60.0, k) for k in range(800)]
-    hook = PeriodicRetrainer(TrainConfig(epochs=1, min_pairs=400))
+    hook = PeriodicRetrainer(TrainConfig(recipe="adapter", epochs=1, min_pairs=400))
     hook(rec, events[:400])
     assert rec.params is None and rec.model_version == "v0" and hook.history == []
     assert hook.skipped[0]["at_event"] == 400 and 10 < hook.skipped[0]["pairs"] < 400
@@ -169,13 +169,13 @@ def test_periodic_retrainer_trains_again_for_a_new_replay():
 
     idx, ids = random_index()
     events = [click(f"u{k % 40}", ids[(k * 7) % 50], k * 60.0, k) for k in range(800)]
-    hook = PeriodicRetrainer(TrainConfig(epochs=1, min_pairs=10), every=400)
+    hook = PeriodicRetrainer(TrainConfig(recipe="adapter", epochs=1, min_pairs=10), every=400)
     hook(Recommender(idx), events)
     hook(Recommender(idx), events[:700])  # the offline protocol's training part
     assert [h["at_event"] for h in hook.history] == [800, 700]
     # the offline part can also be longer than where the stream last trained: the stream trained
     # at 400 and skipped 600 as too soon; held-out events taken out all along leave 760 others
-    hook = PeriodicRetrainer(TrainConfig(epochs=1, min_pairs=10), every=400)
+    hook = PeriodicRetrainer(TrainConfig(recipe="adapter", epochs=1, min_pairs=10), every=400)
     hook(Recommender(idx), events[:400])
     hook(Recommender(idx), events[:600])
     hook(Recommender(idx), [e for k, e in enumerate(events) if k % 20 != 19])
