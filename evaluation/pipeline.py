@@ -1,13 +1,19 @@
 """``streamrec bench pipeline``: the whole pipeline against yardsticks measured in the same run.
 
-One command, one embedded broker, one process tree; four systems measured one after another:
+One command, one embedded broker, one process tree; five systems measured one after another:
 
 ``ceiling``
     a tiny Faust agent that forwards each click event unchanged to an output topic (same
     ``streamrec://`` transport, fetch wait, session and heartbeat as the worker): what this
     broker, client and framework can do here at all;
 ``clicks``
-    the real worker (``python -m streams.cli worker``) on a click stream;
+    the real worker (``python -m streams.cli worker``) on a click stream, serving today's model
+    (v0, the encoder alone);
+``clicks-seq``
+    the same worker on the same click stream with ``--registry``, serving a sequence version (v1,
+    published on the run's control topic before the worker starts, so it loads it before its first
+    event; untrained weights of the default recipe's shapes, all four blend weights non-zero: the
+    worst case per chunk). ``runs.clicks-seq.model`` says what it was;
 ``reviews``
     the real worker on a review stream with real review text (the encoder on the path);
 ``naive``
@@ -30,7 +36,7 @@ The encoder's standalone batch-32 throughput (INT8, the same review texts, token
 included) is measured in the same run as the yardstick for the reviews run;
 ``bench/results/encoder.json`` (``streamrec bench encoder``) is quoted beside it when present.
 
-Usage: ``streamrec bench pipeline [--quick] [--out bench/results/pipeline.json] [--only clicks,reviews]``
+Usage: ``streamrec bench pipeline [--quick] [--out bench/results/pipeline.json] [--only clicks,clicks-seq]``
 """
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ from .pipeline_load import (
     EventSource,
     LatencyReader,
     Plan,
+    SequenceVersion,
     System,
     Workload,
     _py,
@@ -68,6 +75,7 @@ from .pipeline_load import (
     publish_items,
     run_reader,
     steady_rate,
+    write_sequence_version,
 )
 from .pipeline_rivals import (
     encoder_json_reference,
@@ -81,11 +89,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamrec.bench")
 
-RUNS = ("ceiling", "clicks", "reviews", "naive")
+RUNS = ("ceiling", "clicks", "clicks-seq", "reviews", "naive")
+WORKER_RUNS = ("clicks", "clicks-seq", "reviews")  # the real worker
+CLICK_RUNS = ("ceiling", "clicks", "clicks-seq")  # the others read reviews
 DEFAULT_OUT = "bench/results/pipeline.json"
 WORKER_FLAGS = ("--session-timeout", "3", "--heartbeat", "1", "--fetch-wait-ms", "10")
 LABELS = {"ceiling": "ceiling (Faust pass-through)", "clicks": "streamrec, clicks",
-          "reviews": "streamrec, reviews", "naive": "naive (kafka-python + torch eager)"}
+          "clicks-seq": "streamrec, clicks, sequence version", "reviews": "streamrec, reviews",
+          "naive": "naive (kafka-python + torch eager)"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,6 +116,8 @@ class Context:
     profile_dir: Path | None = None
     naive_threads: int = 1
     broker_pid: int | None = None  # the embedded broker (its CPU per event is reported)
+    encoder_dim: int = 384  # the encoder's output dimension (a version's item vectors have it)
+    seq_version: SequenceVersion | None = None  # clicks-seq's version, written once per bench run
 
 
 def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
@@ -116,6 +129,16 @@ def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
                              "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _sequence_version(ctx: Context) -> SequenceVersion:
+    """clicks-seq's version, built on first use and kept: both its instances serve the same one
+    (and a registry version is immutable: it can be written only once)."""
+    if ctx.seq_version is None:
+        ctx.seq_version = write_sequence_version(ctx.work / "registry", [it.item_id for it in ctx.wl.items],
+                                                 ctx.encoder_dim)
+        log.info("sequence version for clicks-seq: %s", ctx.seq_version.summary)
+    return ctx.seq_version
 
 
 def _system(ctx: Context, name: str, phase: str) -> tuple[System, Topics]:
@@ -130,12 +153,18 @@ def _system(ctx: Context, name: str, phase: str) -> tuple[System, Topics]:
     state = ctx.work / tag
     state.mkdir(parents=True, exist_ok=True)
     health = None
-    if name in ("clicks", "reviews"):
+    if name in WORKER_RUNS:
         publish_items(kafka, topics.items, ctx.wl.items)
         health = free_port()
         cmd = _py("streams.cli", "worker", "--broker", kafka.bootstrap, "--prefix", topics.prefix, "--app-id",
                   f"bench-{tag}", "--model", str(ctx.model_dir), "--state-dir", str(state), "--web-port", str(health),
                   "--partitions", str(plan.partitions), *WORKER_FLAGS, "--loglevel", "warn")
+        if name == "clicks-seq":  # published first: the worker loads it before it takes any event
+            from training.service import publish
+
+            version = _sequence_version(ctx)
+            publish(kafka, topics, version.manifest)
+            cmd += ["--registry", str(version.registry)]
     elif name == "ceiling":
         cmd = _py("evaluation.pipeline", "_ceiling", "--broker", kafka.bootstrap, "--prefix", topics.prefix,
                   "--app-id", f"bench-{tag}", "--partitions", str(plan.partitions), "--state-dir", str(state))
@@ -146,6 +175,15 @@ def _system(ctx: Context, name: str, phase: str) -> tuple[System, Topics]:
     return System(name, cmd, ctx.work / f"{tag}.log", health_port=health), topics
 
 
+def _check_version(result: dict) -> None:
+    """Warn when a run that should serve a trained version did not (its speed would be v0's)."""
+    want = result.get("model", {}).get("version")
+    served = list(result.get("model_versions", {}))
+    if want and (not served or any(not v.endswith(f":{want}") for v in served)):
+        log.warning("%s: outputs by %s, not by %s: this run did not measure the version it was given",
+                    result["system"], served or "no version", want)
+
+
 def run_one(ctx: Context, name: str) -> dict:
     """Saturation on one instance, then the latency phases on a second instance on fresh topics.
 
@@ -154,10 +192,12 @@ def run_one(ctx: Context, name: str) -> dict:
     24 / 60 ms), so latency is never measured on the topics the saturation backlog went through.
     """
     plan, kafka = ctx.plan, ctx.kafka
-    kind = "click" if name in ("ceiling", "clicks") else "review"
-    src = EventSource(ctx.wl, name, kind)
+    kind = "click" if name in CLICK_RUNS else "review"
+    src = EventSource(ctx.wl, name, kind)  # same seed: clicks and clicks-seq see the same users and items
     n = plan.preload[name]
     result: dict[str, Any] = {"system": LABELS[name], "input": f"{kind}s", "preloaded": n}
+    if name == "clicks-seq":
+        result["model"] = _sequence_version(ctx).summary
 
     # 1. saturation: N events pre-loaded, then the system started
     system, topics = _system(ctx, name, "sat")
@@ -171,10 +211,11 @@ def run_one(ctx: Context, name: str) -> dict:
             prof = _profile(system.proc.pid, plan.phase_s, ctx.profile_dir / f"{name}.txt")
         t0 = time.monotonic()
         cpu_samples: list = []
+        versions: dict[str, int] = {}
         stamps = collect_outputs(kafka, topics.recommendations, start_offsets, n, system, plan.stall_s,
                                  ctx.progress, f"{name}: saturation",
                                  cpu_pids={"system": system.proc.pid, "broker": ctx.broker_pid},
-                                 cpu_samples=cpu_samples)
+                                 cpu_samples=cpu_samples, versions=versions)
         result["saturation_wall_s"] = round(time.monotonic() - t0, 1)
         result["cpu_ms_per_event"] = cpu_per_event(cpu_samples, n)
         if prof is not None:
@@ -184,6 +225,9 @@ def run_one(ctx: Context, name: str) -> dict:
     sat = steady_rate(stamps)
     result["saturation"] = sat
     result["events_per_s"] = sat["events_per_s"]
+    if versions:  # the model version(s) that made the outputs (the worker runs only)
+        result["model_versions"] = versions
+    _check_version(result)
     if len(stamps) < n:
         result["saturation_incomplete"] = f"{len(stamps)}/{n} outputs"
 
@@ -246,6 +290,11 @@ def run_one(ctx: Context, name: str) -> dict:
 # report
 
 
+def _worker_cpu(runs: dict, name: str) -> float | None:
+    """A run's worker CPU ms per event (less moved by other work on the cores than events/s)."""
+    return (runs.get(name, {}).get("cpu_ms_per_event") or {}).get("system")
+
+
 def ratios_and_targets(runs: dict, encoder: dict | None, encoder_ref: dict | None) -> tuple[dict, dict]:
     def r(a, b):
         return round(a / b, 3) if a and b else None
@@ -253,6 +302,8 @@ def ratios_and_targets(runs: dict, encoder: dict | None, encoder_ref: dict | Non
     eps = {k: v.get("events_per_s") for k, v in runs.items()}
     ratios: dict[str, Any] = {
         "clicks_vs_ceiling": r(eps.get("clicks"), eps.get("ceiling")),
+        "clicks_seq_vs_clicks": r(eps.get("clicks-seq"), eps.get("clicks")),
+        "clicks_seq_vs_clicks_worker_cpu_per_event": r(_worker_cpu(runs, "clicks-seq"), _worker_cpu(runs, "clicks")),
         "reviews_vs_ceiling": r(eps.get("reviews"), eps.get("ceiling")),
         "reviews_vs_naive": r(eps.get("reviews"), eps.get("naive")),
         "clicks_vs_naive": r(eps.get("clicks"), eps.get("naive")),
@@ -266,6 +317,8 @@ def ratios_and_targets(runs: dict, encoder: dict | None, encoder_ref: dict | Non
 
     target("clicks_vs_ceiling", ratios["clicks_vs_ceiling"], ">= 0.5", lambda v: v >= 0.5)
     target("clicks_p99_ms_at_half_saturation", runs.get("clicks", {}).get("p99_ms"), "< 100", lambda v: v < 100)
+    target("clicks_seq_vs_clicks", ratios["clicks_seq_vs_clicks"],
+           ">= 0.9 (clicks with a trained sequence version vs clicks with today's model)", lambda v: v >= 0.9)
     target("reviews_vs_encoder_batch", ratios["reviews_vs_encoder_batch"], ">= 0.8 (in-run yardstick)",
            lambda v: v >= 0.8)
     target("reviews_vs_naive", ratios["reviews_vs_naive"], ">= 3", lambda v: v >= 3)
@@ -330,7 +383,8 @@ def plot(payload: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"ceiling": "tab:gray", "clicks": "tab:blue", "reviews": "tab:green", "naive": "tab:red"}
+    colors = {"ceiling": "tab:gray", "clicks": "tab:blue", "clicks-seq": "tab:purple", "reviews": "tab:green",
+              "naive": "tab:red"}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for name, r in payload["runs"].items():
         phases = [ph for ph in r.get("latency", []) if ph.get("p50_ms") is not None]
@@ -471,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     # the yardstick: the encoder alone, on the review texts the reviews run will see (nothing else running)
     encoder = Encoder(model_dir, device="cpu" if gpu_name() is None else "auto")
+    ctx.encoder_dim = encoder.dim
     texts = [ev.text for ev in wl.reviews[: max(256, plan.preload["reviews"])]]
     yardstick = encoder_yardstick(encoder, texts, plan.encoder_seconds)
     log.info("encoder yardstick: %.1f sentences/s at batch 32 (%s)", yardstick["sentences_per_s"],
@@ -517,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             "catalogue_items": len(wl.items), "catalogue_sources": wl.sources, "users": plan.users,
             "review_texts": "real Amazon Musical Instruments reviews (text, rating, item); synthetic user ids",
             "clicks": "synthetic: Zipf-like users and item popularity over the catalogue",
+            "clicks_seq": "the clicks run's events and worker flags plus --registry: a sequence version "
+                          "(runs.clicks-seq.model) published on its control topic before the worker starts",
             "partitions": plan.partitions, "preload": plan.preload, "fractions": list(plan.fractions),
             "phase_seconds": plan.phase_s, "warmup_seconds": plan.warmup_s,
             "worker_flags": list(WORKER_FLAGS), "model_dir": str(model_dir),

@@ -34,7 +34,8 @@ class Plan:
     catalogue: int = 10_000
     users: int = 10_000
     preload: dict[str, int] = field(default_factory=lambda: {"ceiling": 20_000, "clicks": 20_000,
-                                                             "reviews": 3_000, "naive": 500})
+                                                             "clicks-seq": 20_000, "reviews": 3_000,
+                                                             "naive": 500})
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     phase_s: float = 10.0
     warmup_s: float = 1.0  # latency samples sent in the first second of a phase are dropped
@@ -46,7 +47,8 @@ class Plan:
     linger_ms: int = 5  # the load producer's linger (Kafka's default since 4.0); stamps stay the send() time
 
 
-QUICK = Plan(catalogue=200, users=10_000, preload={"ceiling": 200, "clicks": 200, "reviews": 32, "naive": 8},
+QUICK = Plan(catalogue=200, users=10_000,
+             preload={"ceiling": 200, "clicks": 200, "clicks-seq": 200, "reviews": 32, "naive": 8},
              fractions=(0.5,), phase_s=1.5, warmup_s=0.0, encoder_seconds=0.5, stall_s=30.0, max_rate=10.0,
              drain_s=8.0)
 
@@ -142,6 +144,65 @@ class EventSource:
             self.n += 1
             out.append((user.encode(), json.dumps(ev, ensure_ascii=False).encode(), eid))
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# a sequence version for the worker to serve (the clicks-seq run)
+
+SEQ_VERSION = "v1"
+#: All four parts of a sequence version's score non-zero: every part is computed (the worst case).
+SEQ_WEIGHTS = {"similarity": 1.0, "popularity": 1.0, "head": 0.0, "text": 1.0, "cooccurrence": 1.0}
+
+
+@dataclass
+class SequenceVersion:
+    """A version written to a registry folder, ready to be published on a run's control topic."""
+
+    registry: Path
+    manifest: dict
+    summary: dict  # what the result JSON records about it
+
+
+def write_sequence_version(registry: Path, item_ids: list[str], dim: int, seed: int = 0) -> SequenceVersion:
+    """A sequence version (:data:`SEQ_VERSION`) over the bench catalogue, written to ``registry``.
+
+    Its weights are untrained (random initialisation) and its item text vectors random unit
+    vectors of the encoder's ``dim``: what a chunk costs does not depend on their values, only
+    on the shapes (the default recipe's ``d``, blocks and ``max_len``, every item with an id
+    vector), and this takes seconds where a fit would take minutes. The export and its parity
+    check are the trainer's own (:func:`training.seqmodel.to_params`).
+    """
+    from dataclasses import asdict
+
+    import numpy as np
+    import torch
+
+    from inference.model import ModelParams
+    from inference.ranking import Weights
+    from training.registry import Registry
+    from training.seqmodel import SequenceConfig, SequenceModel, to_params
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((len(item_ids), dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    cfg = SequenceConfig(seed=seed)
+    model = SequenceModel(cfg, item_ids, vecs, item_ids)
+    idx = rng.integers(1, len(item_ids) + 1, (8, cfg.max_len))  # parity-check histories
+    weights = Weights(**SEQ_WEIGHTS)
+    seq = to_params(model, idx, np.zeros(idx.shape, np.float32), np.ones(idx.shape, np.int64),
+                    text_weight=weights.text, meta={"bench": "untrained: random weights and item vectors"})
+    summary = {"version": SEQ_VERSION, "weights": asdict(weights), "d": cfg.d, "blocks": cfg.blocks,
+               "heads": cfg.heads, "max_len": cfg.max_len, "items": len(item_ids), "id_items": len(seq.id_items),
+               "text_dim": dim, "trained": False, "parity_max_abs_diff": seq.meta["parity_max_abs_diff"],
+               "build_s": round(time.perf_counter() - t0, 1)}
+    note = {"note": "streamrec bench pipeline: untrained speed-test version, not evaluated"}
+    manifest = {"version": SEQ_VERSION, "parent": None, "status": "accepted", "created_at": round(time.time(), 3),
+                "metrics": {"candidate": note, "current": note}, "weights": summary["weights"],
+                "training": {"recipe": "sequence", "config": asdict(cfg), "bench": summary}}
+    Registry(registry).write(SEQ_VERSION, ModelParams(dim, weights=weights, sequence=seq), manifest, replay=[])
+    return SequenceVersion(Path(registry), manifest, summary)
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,10 +390,11 @@ def cpu_per_event(samples: list[tuple[int, dict[str, float | None]]], n: int, lo
 
 def collect_outputs(kafka, topic: str, start: dict[int, int], n: int, system: System, stall_s: float,
                     progress: bool, desc: str, cpu_pids: dict[str, int | None] | None = None,
-                    cpu_samples: list | None = None) -> list[int]:
+                    cpu_samples: list | None = None, versions: dict[str, int] | None = None) -> list[int]:
     """Wait until ``n`` records past ``start`` are on ``topic`` (or none arrive for ``stall_s``), then
     read them; returns their Kafka timestamps (ms). With ``cpu_pids``, each poll appends
-    ``(outputs so far, {name: CPU seconds})`` to ``cpu_samples``.
+    ``(outputs so far, {name: CPU seconds})`` to ``cpu_samples``; with ``versions``, the outputs
+    are counted there by ``model_version`` (which version a run measured, read off its records).
 
     While the system runs only end offsets are polled (cheap: reading 20k records alongside would
     take CPU from the measured system). Tansu's end offsets can stay short of the last batch for
@@ -367,12 +429,26 @@ def collect_outputs(kafka, topic: str, start: dict[int, int], n: int, system: Sy
         while len(out) < n and time.monotonic() - last_change < 3.0:
             for recs in consumer.poll(timeout_ms=200, max_records=20_000).values():
                 out += [r.timestamp for r in recs]
+                if versions is not None:
+                    count_versions(recs, versions)
                 last_change = time.monotonic()
         if len(out) < n:
             log.warning("%s: %d/%d outputs (no progress for %.0fs)", system.name, len(out), n, stall_s)
         return out
     finally:
         consumer.close()
+
+
+_MODEL_VERSION = re.compile(rb'"model_version":\s*"((?:[^"\\]|\\.)*)"')
+
+
+def count_versions(records: list, versions: dict[str, int]) -> None:
+    """Add each output record's ``model_version`` (the ceiling's and the naive consumer's have none)."""
+    for r in records:
+        m = _MODEL_VERSION.search(r.value or b"")
+        if m:
+            v = m.group(1).decode()
+            versions[v] = versions.get(v, 0) + 1
 
 
 def end_offsets(kafka, topic: str) -> dict[int, int]:

@@ -126,8 +126,10 @@ class SequenceParams:
     # -- items --------------------------------------------------------------------------
     def item_vectors(self, ids: Sequence[str], unit_vecs: np.ndarray) -> np.ndarray:
         """``e`` of items from their encoder-space unit vectors (a zero vector: no text)."""
-        vecs = np.asarray(unit_vecs, np.float32).reshape(len(ids), -1)
         out = np.zeros((len(ids), self.d), np.float32)
+        if not len(ids):  # e.g. a version loaded before the catalogue: nothing to map yet
+            return out
+        vecs = np.asarray(unit_vecs, np.float32).reshape(len(ids), -1)
         if self.proj_w is not None:
             has = np.any(vecs != 0, axis=1)
             t = (vecs - self.text_mean) * np.float32(self.text_scale)

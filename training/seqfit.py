@@ -6,11 +6,11 @@
   neutral is marked negative, as the state marks it.
 * **Training.** Every position of every non-overlapping ``max_len`` window predicts the next
   item: softmax cross-entropy over the target and ``negatives`` items drawn uniformly for the
-  batch (the full softmax on catalogues up to that size). AdamW; from scratch one warm-up
-  epoch then a cosine decay over ``max_epochs``; warm-started from the parent version's model
-  (every tensor whose name and shape match, id vectors by item id, the parent's text
-  normalisation kept) a fine-tune at ``warm_lr`` for up to ``warm_epochs``, the parent itself a
-  candidate at epoch 0.
+  batch (the full softmax on catalogues up to that size). AdamW, one warm-up epoch then a
+  cosine decay over ``max_epochs``. Warm-started from the parent version's model (every
+  tensor whose name and shape match, id vectors by item id, the parent's text normalisation
+  kept), the same schedule runs from the parent's weights (``warm_lr``, ``warm_epochs``), the
+  parent itself a candidate at epoch 0.
 * **Validation.** Each user's last event (users with >= 3 events whose last item is new to
   them; after a warm start only users with events the parent was not fitted on), ranked among
   all items minus the user's other items, NDCG@10, picks the epoch (early stopping). On small
@@ -342,7 +342,9 @@ def fit_sequence(events: Sequence[Event], item_ids: Sequence[str], item_vecs: np
         if parent is not None and parent.fitted_until is not None:  # validate on users the parent has not seen last
             only = {ev.user_id for ev in events if ev.event_time > parent.fitted_until}
         train, val = _split_validation(seqs, only)
-        lr, epochs = (cfg.warm_lr, cfg.warm_epochs) if parent is not None else (cfg.lr, cfg.max_epochs)
+        lr, epochs = cfg.lr, cfg.max_epochs
+        if parent is not None:
+            lr, epochs = cfg.warm_lr or cfg.lr, cfg.warm_epochs or cfg.max_epochs
         model, warm = _new_model(cfg, ids, text, train, parent)
         run = _train(model, train, val, cfg, epochs, lr, rng, t0, parent_counts=parent is not None)
         refit = None

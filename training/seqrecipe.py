@@ -3,17 +3,18 @@
 :func:`train_sequence_version` is what :func:`training.trainer.train_version` runs for
 ``TrainConfig.recipe == "sequence"`` (the default):
 
-1. the events are split in time: the first ``1 - validation`` share trains the encoder
-   (:func:`training.seqfit.fit_sequence`, warm-started from the parent version's encoder; a
-   chain's first fit also picks ``sequence_grid``'s choices), the newest share picks the blend;
+1. the events are split: with ``validation_slice="tail"`` (the streaming task) the newest
+   ``validation`` share (at most ``max_validation_events``) is held back and the rest trains
+   the encoder; with ``"last"`` (the leave-last-out task) every event trains it and each
+   user's last event is the slice (the fit holds those out itself to pick its epoch). The fit
+   (:func:`training.seqfit.fit_sequence`) is warm-started from the parent version's encoder; a
+   chain's first fit also picks ``sequence_grid``'s choices;
 2. the encoder is exported to ONNX and checked against torch (:func:`training.seqmodel.to_params`:
-   a difference over the tolerance refuses the version);
-3. the blend weights -- of the user's text-rolling vector (``text``), of item co-occurrence
-   with the user's recent items (``cooccurrence``) and of popularity, against the sequence
-   score -- are picked on the newest share (its first ``max_validation_events``) by the online
-   ranking code (:func:`training.trainer.evaluate_slice`, test-then-train), as for any version:
-   every combination of ``blend_grid``, and co-occurrence alone (no sequence score) with each
-   popularity weight.
+   a difference over ``parity_tolerance`` refuses the version, the current one keeps serving);
+3. the blend weights -- of the sequence score, the user's text-rolling vector (``text``), item
+   co-occurrence with the user's recent items (``cooccurrence``) and popularity -- are fitted
+   on the slice, replayed test-then-train through the online ranking code
+   (:func:`training.trainer.evaluate_slice`): :func:`fit_blend`.
 
 Example::
 
@@ -59,9 +60,9 @@ def train_sequence_version(events: Sequence[Event], item_ids: Sequence[str], ite
         blend_context, blend_events = split_last(events)
         blend_events = blend_events[-cfg.max_validation_events:]
     else:  # the streaming task: the newest events pick the blend
-        cut = int(len(events) * (1.0 - cfg.validation))
+        cut = len(events) - min(int(len(events) * cfg.validation), cfg.max_validation_events)
         fit_events = list(events[:cut])
-        blend_context, blend_events = fit_events, list(events[cut:])[: cfg.max_validation_events]
+        blend_context, blend_events = fit_events, list(events[cut:])
     # one replay of the events with the workers' update: states where the blend slice and the
     # acceptance slice start
     replayed = training_pairs(events, index, text_vecs, marks=(cut, len(events))).replayed

@@ -110,6 +110,9 @@ class TrainConfig:
     validation: float = 0.1  # tail share of the training events used to pick epochs and weights
     holdout: float = 0.1  # most recent share of all events: the acceptance slice (never trained on)
     min_holdout: int = 50
+    #: At most this many events in the acceptance slice: on a long window 10 % is more than a
+    #: verdict needs, and every event held back is one the version does not learn from.
+    max_holdout: int = 2000
     #: Popularity weights tried for the blend. The lowest is a floor: the validation slice
     #: (events just after the training data) always preferred the least popularity on offer,
     #: but a version is served while it ages and popularity is the part that stays current.
@@ -643,8 +646,9 @@ def _share_spaces(rec: Recommender, models: dict[str, ModelParams | None],
 
 
 def split_holdout(events: Sequence[Event], cfg: TrainConfig) -> tuple[list[Event], list[Event]]:
-    """``(train, held_out)``: the most recent ``cfg.holdout`` share (at least ``min_holdout``)."""
-    n_hold = min(len(events) // 2, max(cfg.min_holdout, int(len(events) * cfg.holdout)))
+    """``(train, held_out)``: the most recent ``cfg.holdout`` share (at least ``min_holdout``, at
+    most ``max_holdout`` events)."""
+    n_hold = min(len(events) // 2, max(cfg.min_holdout, min(cfg.max_holdout, int(len(events) * cfg.holdout))))
     return list(events[: len(events) - n_hold]), list(events[len(events) - n_hold:])
 
 

@@ -172,3 +172,15 @@ def test_a_chunk_ranked_together_gives_each_event_its_own_list(trained):
         alone.append(rec.recommend(state, 10).item_ids)
     together = [r.item_ids for r in rec.recommend_many(requests, model, 10)]  # one encoder call
     assert together == alone
+
+
+def test_a_version_loaded_before_the_catalogue_follows_it(trained):
+    """A (re)starting worker reads the control topic and the catalogue side by side: the version
+    can arrive while the item index is still empty, and must then follow the items as they come."""
+    result, _, text, items, _, _ = trained
+    rec = Recommender(ItemIndex(DIM))
+    rec.use_model(result.params, "v1")  # no item yet
+    rec.index.upsert_many(list(text), np.stack(list(text.values())))
+    state = user_with(rec, items["a"][:3] + items["b"][:6])
+    top = rec.recommend(state, 5)
+    assert top.model_version == "v1" and {i[0] for i in top.item_ids} == {"b"}
