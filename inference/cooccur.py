@@ -13,8 +13,11 @@ Like popularity, it lives in the worker's memory and counts the events that work
 (its partitions' users) since it started.
 
 Storage is bounded: each index row keeps up to ``slots`` neighbours (row, count) in two
-fixed-width arrays (8 bytes a slot: 20 MB for 10,000 items at 256 slots); when a row is full a
-new neighbour takes the slot of the smallest count. Updates and the scoring of a whole chunk
+fixed-width arrays (8 bytes a slot: 80 MB for 10,000 items at 1,024 slots; past ``max_bytes``
+the rows keep fewer, their largest counts); when a row is full a new neighbour takes the slot
+of the smallest count. On MovieLens (9,724 items) 1,024 slots score within 2 % of the exact
+counts (streaming NDCG@10 0.0524 against the co-occurrence kNN baseline's 0.0534), 256 within
+12 % (0.0471). Updates and the scoring of a whole chunk
 are a few vectorised numpy operations, no Python loop over neighbours.
 
 Example::
@@ -34,11 +37,13 @@ import numpy as np
 class Cooccurrence:
     """Bounded co-occurrence counts over index rows, updated per event."""
 
-    def __init__(self, *, window: int = 50, history: int = 20, decay: float = 0.9, slots: int = 256) -> None:
+    def __init__(self, *, window: int = 50, history: int = 20, decay: float = 0.9, slots: int = 1024,
+                 max_bytes: int = 256 * 2**20) -> None:
         self.window = window
         self.history = history
         self.decay = decay
         self.slots = slots
+        self.max_bytes = max_bytes  # the slots shrink (largest counts kept) as the catalogue grows past it
         self.n = np.zeros(0, np.float32)  # interactions per row
         self.nbr = np.full((0, slots), -1, np.int32)  # neighbour rows per row (-1: empty)
         self.cnt = np.zeros((0, slots), np.float32)  # their counts
@@ -53,7 +58,8 @@ class Cooccurrence:
     def copy(self) -> Cooccurrence:
         """An independent copy (a replay that starts again from here)."""
         with self._lock:
-            out = Cooccurrence(window=self.window, history=self.history, decay=self.decay, slots=self.slots)
+            out = Cooccurrence(window=self.window, history=self.history, decay=self.decay, slots=self.slots,
+                               max_bytes=self.max_bytes)
             out.n, out.nbr, out.cnt, out.deg = self.n.copy(), self.nbr.copy(), self.cnt.copy(), self.deg.copy()
             out.owner, out._layout = self.owner.copy(), self._layout
             out.evicted, out.events = self.evicted, self.events
@@ -62,6 +68,13 @@ class Cooccurrence:
     def _grow(self, n_rows: int) -> None:
         if n_rows > len(self.n):
             add = max(n_rows - len(self.n), len(self.n), 1024)
+            fit = max(64, self.max_bytes // (8 * (len(self.n) + add)))
+            if fit < self.slots:  # within the memory budget: each row keeps its largest counts
+                keep = np.argsort(-self.cnt, axis=1, kind="stable")[:, :fit]
+                self.nbr = np.take_along_axis(self.nbr, keep, 1)
+                self.cnt = np.take_along_axis(self.cnt, keep, 1)
+                self.deg = np.minimum(self.deg, fit).astype(np.int32)
+                self.slots = fit
             self.n = np.concatenate([self.n, np.zeros(add, np.float32)])
             self.nbr = np.concatenate([self.nbr, np.full((add, self.slots), -1, np.int32)])
             self.cnt = np.concatenate([self.cnt, np.zeros((add, self.slots), np.float32)])

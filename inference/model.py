@@ -39,7 +39,7 @@ import numpy as np
 
 from .index import ItemIndex
 from .ranking import LinearHead, Weights
-from .sequence import SEQUENCE_FILE, SequenceParams
+from .sequence import SequenceParams
 
 MODEL_FILE = "model.npz"
 MANIFEST = "manifest.json"

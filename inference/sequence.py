@@ -71,7 +71,7 @@ def encode_sequences(seqs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
     ``rows`` index ``table``, -1 = an item the version cannot read, dropped before the time
     gaps are taken). Returns ``x (B, L, d)``, ``neg (B, L)``, ``gap (B, L)``, ``mask (B, L)``,
     left-padded to ``L`` = the batch's longest (the last ``max_len`` readable events at most)."""
-    B, L, d = len(seqs), max_len, table.shape[1]
+    B, L = len(seqs), max_len
     idx = np.zeros((B, L), np.int64)
     neg = np.zeros((B, L), np.float32)
     gap = np.zeros((B, L), np.int64)

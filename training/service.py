@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from inference.events import Event, InvalidEvent, parse_event, parse_item
-from inference.model import ModelParams
 from inference.wire import KafkaConfig, Topics, add_kafka_args, kafka_from_args, topic_partitions
 
 from .registry import Registry

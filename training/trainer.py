@@ -27,236 +27,28 @@ Example::
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 
 import numpy as np
 
 from inference.events import Event
-from inference.cooccur import Cooccurrence
-from inference.index import ItemIndex
 from inference.model import ModelParams, safe_unit
-from inference.ranking import Popularity, Weights
-from inference.recommender import ActiveModel, Recommender, RecommenderConfig
-from inference.user import UpdateConfig, UserState
-from inference.vectors import top_k
+from inference.ranking import Weights
+from inference.recommender import Recommender
 
-from .seqfit import DEFAULT_GRID
-from .seqmodel import SequenceConfig
+from .recipe import TrainConfig, TrainResult, split_holdout
+from .slices import ReplayState, build_index, evaluate_slice, replay_events, training_pairs
+
+__all__ = ["PeriodicRetrainer", "ReplayState", "TrainConfig", "TrainResult", "build_index", "evaluate_slice",
+           "replay_events", "split_holdout", "train_version", "training_pairs"]
 
 log = logging.getLogger("streamrec.train")
-
-
-@dataclass
-class TrainConfig:
-    """Plain training knobs (all recorded in each version's manifest)."""
-
-    #: "sequence" (default): a sequence encoder over the user's recent items with the
-    #: text-rolling vector and popularity blended in (:mod:`training.seqrecipe`); "adapter":
-    #: the earlier recipe, an adapter, item residuals and context vectors over the text vectors.
-    recipe: str = "sequence"
-    sequence: SequenceConfig = field(default_factory=SequenceConfig)
-    #: Choices a sequence chain's first fit picks on its validation slice (later fits keep them).
-    sequence_grid: dict = field(default_factory=lambda: dict(DEFAULT_GRID))
-    #: A sequence version's blend (sequence score, text-rolling part, item co-occurrence,
-    #: popularity) is fitted on at most ``max_validation_events`` of the validation tail,
-    #: each event's item against ``blend_candidates`` top items of every part and as many at
-    #: random, for ``blend_steps`` optimiser steps (:func:`training.seqrecipe.fit_blend`).
-    max_validation_events: int = 2000
-    #: What a sequence version's blend is picked on, and the acceptance test run on: "tail",
-    #: the newest events (the streaming task: what ``streamrec train`` serves), or "last",
-    #: each user's last event (the leave-last-out task; ``streamrec evaluate``'s offline refit).
-    validation_slice: str = "tail"
-    blend_candidates: int = 30
-    blend_steps: int = 300
-    #: Largest difference (max abs, user vectors) between the exported ONNX encoder and torch;
-    #: a version over it is refused (the current one keeps serving).
-    parity_tolerance: float = 1e-4
-    epochs: int = 12
-    patience: int = 2  # stop after this many epochs without a better validation loss
-    batch_size: int = 256
-    #: Fewest optimiser steps per epoch: a small retrain (a few hundred pairs) uses smaller
-    #: batches rather than one or two steps per epoch (down to 16 pairs a batch).
-    min_steps: int = 16
-    lr: float = 1e-3
-    adapter: bool = True  # fit the dim x dim adapter (else identity)
-    residuals: bool = True  # fit per-item residuals
-    context: bool = True  # fit per-item context vectors (a user's recent items pull the user)
-    negatives: int = 2048  # sampled softmax candidates per batch (all items when the catalogue is smaller)
-    min_item_events: int = 2  # items with fewer interactions get no residual
-    #: Fewest training pairs a version is fitted on; with fewer, no version is made and the
-    #: current one (the encoder alone at first) keeps serving. Every later version is
-    #: warm-started from the first, so it should not be fitted on a handful of pairs. Musical
-    #: Instruments, streaming NDCG@10 over the encoder alone: first version at event 250 on 90
-    #: pairs: +19.5 %; from 300 pairs on (first accepted at event 1,500, 727 pairs): +21.2 %
-    #: (the same run with 200 or 500; seeds 1 and 2: +20.1 / +19.9 %, was +19.6 / +19.2 %).
-    min_pairs: int = 300
-    adapter_l2: float = 1e-2  # pull towards the parent's adapter (identity for the first version)
-    residual_l2: float = 1e-3
-    context_l2: float = 1e-3
-    #: Item-vector L2 strengths tried (residuals and context alike); the fit with the lowest
-    #: validation loss is kept, each value costing one more fit. With (1e-3, 1e-2) the
-    #: validation slice chose 1e-2 in 47 of 51 MovieLens retrains and 36 of 40 on Musical
-    #: Instruments, so one value is the default: half the training time, the same accuracy
-    #: (MovieLens, first 20,000 events: streaming NDCG@10 0.0537 vs 0.0535, retraining 32 s vs
-    #: 56 s). Empty: ``residual_l2``/``context_l2`` only.
-    item_l2_grid: tuple[float, ...] = (1e-2,)
-    validation: float = 0.1  # tail share of the training events used to pick epochs and weights
-    holdout: float = 0.1  # most recent share of all events: the acceptance slice (never trained on)
-    min_holdout: int = 50
-    #: At most this many events in the acceptance slice: on a long window 10 % is more than a
-    #: verdict needs, and every event held back is one the version does not learn from.
-    max_holdout: int = 2000
-    #: Popularity weights tried for the blend. The lowest is a floor: the validation slice
-    #: (events just after the training data) always preferred the least popularity on offer,
-    #: but a version is served while it ages and popularity is the part that stays current.
-    #: Musical Instruments, streaming NDCG@10 with retraining: grid from 0.0: +14.7 % over the
-    #: encoder alone; from 0.25: +18.8 %; from 0.2: +19.5 % (the floor was chosen ~90 % of the time).
-    popularity_grid: tuple[float, ...] = (0.2, 0.3, 0.5, 1.0)
-    head_grid: tuple[float, ...] = (0.0, 0.25)
-    k: int = 10
-    seed: int = 0
-    #: torch threads while fitting (None: torch's default, one per core). ``streamrec
-    #: evaluate`` uses 1: on the 2-core bench box, busy, a MovieLens retrain took 17-26 s with
-    #: one thread and 74-102 s with two (the same weights, bit for bit).
-    threads: int | None = None
-
-
-@dataclass
-class TrainResult:
-    params: ModelParams
-    curve: list[dict]  # per epoch: {"epoch", "loss", "val_loss"}
-    validation: dict  # chosen weights and the grid's NDCG
-    pairs: int
-    seconds: float
-    config: dict = field(default_factory=dict)
-    #: User states and popularity after replaying all the events trained on: where the
-    #: acceptance test (:func:`evaluate_slice` on the held-back events) starts from.
-    replayed: ReplayState | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def too_few_pairs(self) -> bool:
-        """Nothing was fitted (fewer pairs than ``TrainConfig.min_pairs``): ``params`` is the parent."""
-        return self.validation.get("note") == "too few pairs"
-
-
-# ------------------------------------------------------------------------------------------
-# replay: the online update, producing training pairs
-# ------------------------------------------------------------------------------------------
-
-
-def build_index(item_ids: Sequence[str], item_vecs: np.ndarray) -> ItemIndex:
-    index = ItemIndex(item_vecs.shape[1], capacity=max(1024, len(item_ids)))
-    keep = [k for k in range(len(item_ids)) if np.any(item_vecs[k])]
-    if keep:
-        index.upsert_many([item_ids[k] for k in keep], item_vecs[keep])
-    return index
-
-
-def replay_events(rec: Recommender, states: dict[str, UserState], events: Sequence[Event],
-                  text_vecs: dict[str, np.ndarray],
-                  on_event: Callable[[Event, UserState], None] | None = None) -> None:
-    """Apply ``events`` in order with the workers' update (duplicates by event id skipped);
-    ``on_event(event, state_before)`` is called first for each accepted event."""
-    for ev in events:
-        state = states.get(ev.user_id)
-        if state is None:
-            state = states[ev.user_id] = rec.new_state()
-        if state.has_seen(ev.event_id):
-            continue
-        if on_event is not None:
-            on_event(ev, state)
-        tv = text_vecs.get(ev.event_id) if ev.event_id is not None else None
-        rec.observe(state, ev, tv)
-
-
-@dataclass
-class ReplayState:
-    """User states and item popularity after replaying some events with the workers' update
-    (``update``, popularity half-life ``half_life_s``): a replay that needs them again starts
-    from a copy (:meth:`restore`) instead of replaying the same events once more."""
-
-    states: dict[str, UserState]
-    popularity: Popularity
-    update: UpdateConfig
-    half_life_s: float
-    cooccurrence: Cooccurrence | None = None
-    #: the index the events were replayed over, and the ids and vectors it was built from
-    index: ItemIndex | None = field(default=None, repr=False)
-    item_ids: list[str] | None = field(default=None, repr=False)
-    item_vecs: np.ndarray | None = field(default=None, repr=False)
-
-    @classmethod
-    def take(cls, rec: Recommender, states: dict[str, UserState]) -> ReplayState:
-        return cls(copy.deepcopy(states), Popularity.from_state(rec.popularity.state()),
-                   replace(rec.config.update), rec.popularity.half_life_s, rec.cooccurrence.copy())
-
-    def fits(self, config: RecommenderConfig) -> bool:
-        """Whether a replay under ``config`` would have built these very states."""
-        return self.update == config.update and self.half_life_s == config.popularity_half_life_s
-
-    def restore(self) -> tuple[dict[str, UserState], Popularity, Cooccurrence | None]:
-        co = self.cooccurrence.copy() if self.cooccurrence is not None else None
-        return copy.deepcopy(self.states), Popularity.from_state(self.popularity.state()), co
-
-    def index_for(self, item_ids: list[str], item_vecs: np.ndarray) -> ItemIndex | None:
-        """The replay's index if it holds exactly these items and vectors (nothing changes an
-        index while a slice is replayed, so it can serve again), else None."""
-        if self.index is None or self.item_ids != item_ids:
-            return None
-        same = self.item_vecs is item_vecs or (self.item_vecs.shape == item_vecs.shape
-                                               and np.array_equal(self.item_vecs, item_vecs))
-        return self.index if same else None
-
-
-@dataclass
-class Pairs:
-    """Training pairs: the user just before each positive event, and the event's item."""
-
-    users: np.ndarray  # (n, dim) encoder-space unit vectors
-    items: list[str]
-    where: np.ndarray  # (n,) the event's position in the events given
-    histories: list[dict[str, float]]  # the user's recent items and signed weights then
-    #: position in the events -> the states and popularity after replaying the events before it
-    replayed: dict[int, ReplayState] = field(default_factory=dict)
-
-
-def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[str, np.ndarray],
-                   update=None, marks: Sequence[int] = ()) -> Pairs:
-    """The pairs of ``events`` for users with history, replayed with the workers' update;
-    ``marks``: positions at which to keep the replay's state (``Pairs.replayed``)."""
-    rec = Recommender(index, config=RecommenderConfig(update=update) if update else None)
-    users: list[np.ndarray] = []
-    items: list[str] = []
-    where: list[int] = []
-    histories: list[dict[str, float]] = []
-    position = {id(ev): k for k, ev in enumerate(events)}
-
-    def take(ev: Event, state: UserState) -> None:
-        if ev.item_id not in index or rec.config.update.sign(ev.rating) <= 0:
-            return
-        u = state.unit()
-        if u is not None:
-            users.append(u)
-            items.append(ev.item_id)
-            where.append(position[id(ev)])
-            histories.append(state.item_weights())
-
-    states: dict[str, UserState] = {}
-    replayed: dict[int, ReplayState] = {}
-    done = 0
-    for mark in sorted({min(max(int(m), 0), len(events)) for m in marks}):
-        replay_events(rec, states, events[done:mark], text_vecs, take)
-        replayed[mark], done = ReplayState.take(rec, states), mark
-    replay_events(rec, states, events[done:], text_vecs, take)
-    U = np.stack(users) if users else np.zeros((0, index.dim), np.float32)
-    return Pairs(U, items, np.asarray(where, np.int64), histories, replayed)
 
 
 def history_arrays(histories: Sequence[dict[str, float]], rows: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -276,6 +68,7 @@ def history_arrays(histories: Sequence[dict[str, float]], rows: dict[str, int]) 
         if total > 0:
             w[n, :k] /= total
     return idx, w
+
 
 
 # ------------------------------------------------------------------------------------------
@@ -527,129 +320,6 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
     return TrainResult(chosen, curve, validation, n_fit, time.perf_counter() - t0, asdict(cfg),
                        pairs.replayed.get(len(events)))
 
-
-# ------------------------------------------------------------------------------------------
-# measuring: the acceptance slice
-# ------------------------------------------------------------------------------------------
-
-
-#: Held-out events :func:`evaluate_slice` ranks in one matrix product (per model space)
-SLICE_BLOCK = 128
-
-
-def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids: Sequence[str],
-                   item_vecs: np.ndarray, text_vecs: dict[str, np.ndarray],
-                   models: dict[str, ModelParams | None], *, k: int = 10,
-                   config: RecommenderConfig | None = None, start: ReplayState | None = None,
-                   collect: Callable[[ActiveModel, list, np.ndarray], None] | None = None) -> dict[str, dict]:
-    """NDCG@k / HR@k of each model on ``held_out``, test-then-train, after ``context``.
-
-    User state and popularity are model-independent, so one replay serves every model: for
-    each held-out event each model ranks all items (the user's seen items excluded, as
-    the worker does), then the event is applied. Repeats (an item the user already
-    interacted with) are not scored, as in ``streamrec evaluate``.
-
-    Ranked as the worker ranks a chunk: a :meth:`Recommender.request` per event (the user,
-    exclusions and popularity of that moment), then :meth:`Recommender.score_requests`-style
-    matrices for a block of events at once. Models that differ only in their blend weights
-    (the trainer's weight grid) share one scoring space and one product. ``start``: the
-    states and popularity after ``context`` (:class:`ReplayState`), when the caller has them.
-    ``collect(model, requests, target_rows)``: called for each block instead of ranking it (the
-    sequence recipe fits its blend on the parts of each request).
-    """
-    ids, vecs = [str(i) for i in item_ids], np.asarray(item_vecs, np.float32)
-    config = config or RecommenderConfig()
-    states: dict[str, UserState] = {}
-    popularity = index = co = None
-    if start is not None and start.fits(config):
-        index = start.index_for(ids, vecs)
-        if index is not None:
-            states, popularity, co = start.restore()
-    if index is None:
-        index = build_index(ids, vecs)
-    rec = Recommender(index, config=config, popularity=popularity, cooccurrence=co)
-    groups = _share_spaces(rec, models)
-    if popularity is None:
-        replay_events(rec, states, context, text_vecs)
-    sums = {name: [0.0, 0.0] for name in models}
-    scored = 0
-    pending: list[tuple[int, list]] = []  # (target row, one request per group)
-
-    def rank_block() -> None:
-        targets = np.asarray([t for t, _ in pending], np.int64)
-        at = np.arange(len(pending))
-        for g, (model, members) in enumerate(groups):
-            reqs = [r[g] for _, r in pending]
-            layout = model.ranker.index.version
-            model.encode(reqs)  # a sequence version: one encoder call for the block
-            if collect is not None:
-                collect(model, reqs, targets)
-                continue
-            totals = model.ranker.score_matrix(
-                [r.user for r in reqs], excludes=[r.exclude for r in reqs],
-                popularity=[r.popularity if r.layout == layout else None for r in reqs],
-                weights=[w for _, w in members], texts=[r.text for r in reqs], cooc=[r.cooc for r in reqs])
-            for (name, _), total in zip(members, totals):
-                t = total[at, targets][:, None]
-                higher = np.count_nonzero(total > t, axis=1)
-                equal = np.count_nonzero(total == t, axis=1)
-                for h, e in zip(higher.tolist(), equal.tolist()):
-                    rank = 1.0 + float(h) + (float(e) - 1.0) / 2.0  # ties: mean rank
-                    if rank <= k:
-                        sums[name][0] += 1.0 / math.log2(rank + 1)
-                        sums[name][1] += 1.0
-        pending.clear()
-
-    def score(ev: Event, state: UserState) -> None:
-        nonlocal scored
-        if ev.item_id not in index or state.has_interacted(ev.item_id):
-            return
-        scored += 1
-        user = state if state.count else None
-        reqs = [rec.request(user, model) for model, _ in groups]
-        for r, (model, members) in zip(reqs, groups):  # co-occurrence for every member that blends it in
-            if r.cooc is None and any(w.cooccurrence for _, w in members):
-                r.cooc = rec._cooc(user, model, force=True)
-        pending.append((index.row(ev.item_id), reqs))
-        if len(pending) >= SLICE_BLOCK:
-            rank_block()
-
-    replay_events(rec, states, held_out, text_vecs, score)
-    if pending:
-        rank_block()
-    for model, _ in groups:
-        if model.space is not None:
-            model.space.close()
-    return {name: {"ndcg": round(s[0] / scored, 5) if scored else 0.0,
-                   "hit_rate": round(s[1] / scored, 5) if scored else 0.0, "events": scored}
-            for name, s in sums.items()}
-
-
-def _share_spaces(rec: Recommender, models: dict[str, ModelParams | None],
-                  ) -> list[tuple[ActiveModel, list[tuple[str, Weights]]]]:
-    """Models grouped by everything but their blend weights: one prepared model (scoring
-    space) per group, with each member's name and weights."""
-    groups: dict[tuple, tuple[ActiveModel, list[tuple[str, Weights]]]] = {}
-    for name, p in models.items():
-        if p is None:
-            key: tuple = ("encoder",)
-            weights = rec.config.weights
-        else:
-            space = None if p.is_identity else (id(p.adapter), id(p.residuals), id(p.context), id(p.residual_ids),
-                                                 id(p.sequence))
-            key = (space, id(p.head_w), float(p.head_b))
-            weights = p.weights
-        if key not in groups:
-            groups[key] = (rec.prepare_model(p, name), [])
-        groups[key][1].append((name, weights))
-    return list(groups.values())
-
-
-def split_holdout(events: Sequence[Event], cfg: TrainConfig) -> tuple[list[Event], list[Event]]:
-    """``(train, held_out)``: the most recent ``cfg.holdout`` share (at least ``min_holdout``, at
-    most ``max_holdout`` events)."""
-    n_hold = min(len(events) // 2, max(cfg.min_holdout, min(cfg.max_holdout, int(len(events) * cfg.holdout))))
-    return list(events[: len(events) - n_hold]), list(events[len(events) - n_hold:])
 
 
 # ------------------------------------------------------------------------------------------

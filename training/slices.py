@@ -1,0 +1,255 @@
+"""Replaying events with the workers' own update, and measuring versions on a slice of them.
+
+* :func:`replay_events` / :func:`training_pairs`: the events applied in order through
+  :meth:`inference.recommender.Recommender.observe` (what the workers run), keeping the states,
+  popularity and co-occurrence at chosen points (:class:`ReplayState`) so a later replay can
+  start there;
+* :func:`evaluate_slice`: NDCG@k / HR@k of one or more versions on held-out events,
+  test-then-train after a context, ranked as the worker ranks a chunk: the acceptance test
+  every version has to pass, and what the recipes pick their blend on.
+
+Example::
+
+    scores = evaluate_slice(train, held, item_ids, item_vecs, text_vecs, {"candidate": params, "current": None})
+    scores["candidate"]["ndcg"]
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from inference.cooccur import Cooccurrence
+from inference.events import Event
+from inference.index import ItemIndex
+from inference.model import ModelParams
+from inference.ranking import Popularity, Weights
+from inference.recommender import ActiveModel, Recommender, RecommenderConfig
+from inference.user import UpdateConfig, UserState
+
+
+
+def build_index(item_ids: Sequence[str], item_vecs: np.ndarray) -> ItemIndex:
+    index = ItemIndex(item_vecs.shape[1], capacity=max(1024, len(item_ids)))
+    keep = [k for k in range(len(item_ids)) if np.any(item_vecs[k])]
+    if keep:
+        index.upsert_many([item_ids[k] for k in keep], item_vecs[keep])
+    return index
+
+
+def replay_events(rec: Recommender, states: dict[str, UserState], events: Sequence[Event],
+                  text_vecs: dict[str, np.ndarray],
+                  on_event: Callable[[Event, UserState], None] | None = None) -> None:
+    """Apply ``events`` in order with the workers' update (duplicates by event id skipped);
+    ``on_event(event, state_before)`` is called first for each accepted event."""
+    for ev in events:
+        state = states.get(ev.user_id)
+        if state is None:
+            state = states[ev.user_id] = rec.new_state()
+        if state.has_seen(ev.event_id):
+            continue
+        if on_event is not None:
+            on_event(ev, state)
+        tv = text_vecs.get(ev.event_id) if ev.event_id is not None else None
+        rec.observe(state, ev, tv)
+
+
+@dataclass
+class ReplayState:
+    """User states and item popularity after replaying some events with the workers' update
+    (``update``, popularity half-life ``half_life_s``): a replay that needs them again starts
+    from a copy (:meth:`restore`) instead of replaying the same events once more."""
+
+    states: dict[str, UserState]
+    popularity: Popularity
+    update: UpdateConfig
+    half_life_s: float
+    cooccurrence: Cooccurrence | None = None
+    #: the index the events were replayed over, and the ids and vectors it was built from
+    index: ItemIndex | None = field(default=None, repr=False)
+    item_ids: list[str] | None = field(default=None, repr=False)
+    item_vecs: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def take(cls, rec: Recommender, states: dict[str, UserState]) -> ReplayState:
+        return cls(copy.deepcopy(states), Popularity.from_state(rec.popularity.state()),
+                   replace(rec.config.update), rec.popularity.half_life_s, rec.cooccurrence.copy())
+
+    def fits(self, config: RecommenderConfig) -> bool:
+        """Whether a replay under ``config`` would have built these very states."""
+        return self.update == config.update and self.half_life_s == config.popularity_half_life_s
+
+    def restore(self) -> tuple[dict[str, UserState], Popularity, Cooccurrence | None]:
+        co = self.cooccurrence.copy() if self.cooccurrence is not None else None
+        return copy.deepcopy(self.states), Popularity.from_state(self.popularity.state()), co
+
+    def index_for(self, item_ids: list[str], item_vecs: np.ndarray) -> ItemIndex | None:
+        """The replay's index if it holds exactly these items and vectors (nothing changes an
+        index while a slice is replayed, so it can serve again), else None."""
+        if self.index is None or self.item_ids != item_ids:
+            return None
+        same = self.item_vecs is item_vecs or (self.item_vecs.shape == item_vecs.shape
+                                               and np.array_equal(self.item_vecs, item_vecs))
+        return self.index if same else None
+
+
+@dataclass
+class Pairs:
+    """Training pairs: the user just before each positive event, and the event's item."""
+
+    users: np.ndarray  # (n, dim) encoder-space unit vectors
+    items: list[str]
+    where: np.ndarray  # (n,) the event's position in the events given
+    histories: list[dict[str, float]]  # the user's recent items and signed weights then
+    #: position in the events -> the states and popularity after replaying the events before it
+    replayed: dict[int, ReplayState] = field(default_factory=dict)
+
+
+def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[str, np.ndarray],
+                   update=None, marks: Sequence[int] = ()) -> Pairs:
+    """The pairs of ``events`` for users with history, replayed with the workers' update;
+    ``marks``: positions at which to keep the replay's state (``Pairs.replayed``)."""
+    rec = Recommender(index, config=RecommenderConfig(update=update) if update else None)
+    users: list[np.ndarray] = []
+    items: list[str] = []
+    where: list[int] = []
+    histories: list[dict[str, float]] = []
+    position = {id(ev): k for k, ev in enumerate(events)}
+
+    def take(ev: Event, state: UserState) -> None:
+        if ev.item_id not in index or rec.config.update.sign(ev.rating) <= 0:
+            return
+        u = state.unit()
+        if u is not None:
+            users.append(u)
+            items.append(ev.item_id)
+            where.append(position[id(ev)])
+            histories.append(state.item_weights())
+
+    states: dict[str, UserState] = {}
+    replayed: dict[int, ReplayState] = {}
+    done = 0
+    for mark in sorted({min(max(int(m), 0), len(events)) for m in marks}):
+        replay_events(rec, states, events[done:mark], text_vecs, take)
+        replayed[mark], done = ReplayState.take(rec, states), mark
+    replay_events(rec, states, events[done:], text_vecs, take)
+    U = np.stack(users) if users else np.zeros((0, index.dim), np.float32)
+    return Pairs(U, items, np.asarray(where, np.int64), histories, replayed)
+
+
+#: Held-out events :func:`evaluate_slice` ranks in one matrix product (per model space)
+SLICE_BLOCK = 128
+
+
+def evaluate_slice(context: Sequence[Event], held_out: Sequence[Event], item_ids: Sequence[str],
+                   item_vecs: np.ndarray, text_vecs: dict[str, np.ndarray],
+                   models: dict[str, ModelParams | None], *, k: int = 10,
+                   config: RecommenderConfig | None = None, start: ReplayState | None = None,
+                   collect: Callable[[ActiveModel, list, np.ndarray], None] | None = None,
+                   score_if: Callable[[Event], bool] | None = None) -> dict[str, dict]:
+    """NDCG@k / HR@k of each model on ``held_out``, test-then-train, after ``context``.
+
+    User state and popularity are model-independent, so one replay serves every model: for
+    each held-out event each model ranks all items (the user's seen items excluded, as
+    the worker does), then the event is applied. Repeats (an item the user already
+    interacted with) are not scored, as in ``streamrec evaluate``.
+
+    Ranked as the worker ranks a chunk: a :meth:`Recommender.request` per event (the user,
+    exclusions and popularity of that moment), then :meth:`Recommender.score_requests`-style
+    matrices for a block of events at once. Models that differ only in their blend weights
+    (the trainer's weight grid) share one scoring space and one product. ``start``: the
+    states and popularity after ``context`` (:class:`ReplayState`), when the caller has them.
+    ``collect(model, requests, target_rows)``: called for each block instead of ranking it (the
+    sequence recipe fits its blend on the parts of each request). ``score_if(event)``: score only
+    the held-out events it accepts (all are applied).
+    """
+    ids, vecs = [str(i) for i in item_ids], np.asarray(item_vecs, np.float32)
+    config = config or RecommenderConfig()
+    states: dict[str, UserState] = {}
+    popularity = index = co = None
+    if start is not None and start.fits(config):
+        index = start.index_for(ids, vecs)
+        if index is not None:
+            states, popularity, co = start.restore()
+    if index is None:
+        index = build_index(ids, vecs)
+    rec = Recommender(index, config=config, popularity=popularity, cooccurrence=co)
+    groups = _share_spaces(rec, models)
+    if popularity is None:
+        replay_events(rec, states, context, text_vecs)
+    sums = {name: [0.0, 0.0] for name in models}
+    scored = 0
+    pending: list[tuple[int, list]] = []  # (target row, one request per group)
+
+    def rank_block() -> None:
+        targets = np.asarray([t for t, _ in pending], np.int64)
+        at = np.arange(len(pending))
+        for g, (model, members) in enumerate(groups):
+            reqs = [r[g] for _, r in pending]
+            layout = model.ranker.index.version
+            model.encode(reqs)  # a sequence version: one encoder call for the block
+            if collect is not None:
+                collect(model, reqs, targets)
+                continue
+            totals = model.ranker.score_matrix(
+                [r.user for r in reqs], excludes=[r.exclude for r in reqs],
+                popularity=[r.popularity if r.layout == layout else None for r in reqs],
+                weights=[w for _, w in members], texts=[r.text for r in reqs], cooc=[r.cooc for r in reqs])
+            for (name, _), total in zip(members, totals):
+                t = total[at, targets][:, None]
+                higher = np.count_nonzero(total > t, axis=1)
+                equal = np.count_nonzero(total == t, axis=1)
+                for h, e in zip(higher.tolist(), equal.tolist()):
+                    rank = 1.0 + float(h) + (float(e) - 1.0) / 2.0  # ties: mean rank
+                    if rank <= k:
+                        sums[name][0] += 1.0 / math.log2(rank + 1)
+                        sums[name][1] += 1.0
+        pending.clear()
+
+    def score(ev: Event, state: UserState) -> None:
+        nonlocal scored
+        if ev.item_id not in index or state.has_interacted(ev.item_id) or (score_if is not None and not score_if(ev)):
+            return
+        scored += 1
+        user = state if state.count else None
+        reqs = [rec.request(user, model) for model, _ in groups]
+        for r, (model, members) in zip(reqs, groups):  # co-occurrence for every member that blends it in
+            if r.cooc is None and any(w.cooccurrence for _, w in members):
+                r.cooc = rec._cooc(user, model, force=True)
+        pending.append((index.row(ev.item_id), reqs))
+        if len(pending) >= SLICE_BLOCK:
+            rank_block()
+
+    replay_events(rec, states, held_out, text_vecs, score)
+    if pending:
+        rank_block()
+    for model, _ in groups:
+        if model.space is not None:
+            model.space.close()
+    return {name: {"ndcg": round(s[0] / scored, 5) if scored else 0.0,
+                   "hit_rate": round(s[1] / scored, 5) if scored else 0.0, "events": scored}
+            for name, s in sums.items()}
+
+
+def _share_spaces(rec: Recommender, models: dict[str, ModelParams | None],
+                  ) -> list[tuple[ActiveModel, list[tuple[str, Weights]]]]:
+    """Models grouped by everything but their blend weights: one prepared model (scoring
+    space) per group, with each member's name and weights."""
+    groups: dict[tuple, tuple[ActiveModel, list[tuple[str, Weights]]]] = {}
+    for name, p in models.items():
+        if p is None:
+            key: tuple = ("encoder",)
+            weights = rec.config.weights
+        else:
+            space = None if p.is_identity else (id(p.adapter), id(p.residuals), id(p.context), id(p.residual_ids),
+                                                 id(p.sequence))
+            key = (space, id(p.head_w), float(p.head_b))
+            weights = p.weights
+        if key not in groups:
+            groups[key] = (rec.prepare_model(p, name), [])
+        groups[key][1].append((name, weights))
+    return list(groups.values())
+
