@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-every", type=int, default=0,
                    help="retrain streamrec only once N events came since its last retrain (default: at every "
                         "--retrain-every point; ALS still refits at each)")
+    p.add_argument("--train-first", type=int, default=0,
+                   help="... but the first retrain once N events came (default: as --train-every): an early first "
+                        "version on a long stream")
     p.add_argument("--train-recipe", choices=("sequence", "adapter"), default="sequence",
                    help="what streamrec's retrains fit: the sequence encoder (default) or the earlier adapter recipe")
     p.add_argument("--train-epochs", type=int, default=None, help="adapter recipe: epochs per retrain (default: "
@@ -444,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tc.holdout = args.train_holdout
             tc.threads = args.train_threads or None
             hook = PeriodicRetrainer(tc, window=args.train_window, replay_sample=args.train_window // 2,
-                                     every=args.train_every)
+                                     every=args.train_every, first=args.train_first)
         elif args.retrain_hook.lower() == "none":
             hook = None
         else:

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,6 +301,9 @@ class StreamrecWorker:
         # one batched encoder call for the chunk; a text that fails is that event's error alone
         vectors = iter(await asyncio.gather(*(self.batcher.encode(t) for t in texts), return_exceptions=True))
         users = _ChunkUsers(self.users, self.recommender.new_state)
+        # how many of each user's events are still to come in this chunk: a user's state is
+        # serialised once, when it is written, unless a later event of theirs may need it back
+        users.left = Counter(e.user_id for _, e in parsed if e is not None)
         # One version scores the whole chunk (a swap lands between chunks). Exploration is
         # stateful per served list and explanations recompute the ranking: those go one by one.
         model = self.recommender.active if not self.cfg.explain and self.recommender.explorer is None else None
@@ -322,7 +325,8 @@ class StreamrecWorker:
                     continue
             if step is None:
                 continue
-            users.applied(event.user_id, step.state)
+            if isinstance(step.state, bytes):
+                users.applied(event.user_id, step.state)
             if model is not None:
                 staged.append(step)
         for step, rec in zip(staged, self._rank(staged, model)):
@@ -348,9 +352,9 @@ class StreamrecWorker:
         """
         if users.sent:
             await asyncio.gather(*users.sent)
-        for user_id, (ev, raw) in users.writes.items():
+        for user_id, (ev, state) in users.writes.items():
             with _as_current(ev):  # the changelog partition is the one of the user's event
-                self.users[user_id] = raw
+                self.users[user_id] = state if isinstance(state, bytes) else state.to_bytes()
 
     async def apply_event(self, ev, event: Event, text_vec, users: _ChunkUsers,
                           model: ActiveModel | None = None) -> _Staged | None:
@@ -376,7 +380,10 @@ class StreamrecWorker:
                                     "--unknown-items accept", msg, "item_id")
             return None
         self.recommender.observe(state, event, text_vec)
-        step = _Staged(ev, event, state.to_bytes())
+        users.left[event.user_id] -= 1
+        # the bytes now if a later event of this user in the chunk may fail and need them back;
+        # else the state itself, serialised once when the chunk's writes go out
+        step = _Staged(ev, event, state.to_bytes() if users.left[event.user_id] > 0 else state)
         if model is not None:
             step.request = self.recommender.request(state, model)  # the list shows the state right after this event
         else:
@@ -534,7 +541,7 @@ class _Staged:
 
     ev: object  # the Faust event (its message is the source record)
     event: Event
-    state: bytes  # the user's state right after this event
+    state: bytes | UserState  # the user's state right after this event (bytes: a snapshot)
     request: RankRequest | None = None  # ranked with the chunk
     rec: Recommendation | None = None  # the list, once ranked
     explanations: list[dict] | None = None
@@ -553,8 +560,9 @@ class _ChunkUsers:
         self.table, self.new_state = table, new_state
         self.live: dict[str, UserState] = {}
         self.good: dict[str, bytes] = {}  # state bytes right after the user's last applied event
-        self.writes: dict[str, tuple[object, bytes]] = {}  # user -> (Faust event, state bytes) to write
+        self.writes: dict[str, tuple[object, bytes | UserState]] = {}  # user -> (Faust event, state) to write
         self.sent: list = []  # the chunk's list sends (futures resolved by the broker's ack)
+        self.left: Counter = Counter()  # user -> their events still to come in the chunk
 
     def get(self, user_id: str) -> UserState:
         state = self.live.get(user_id)

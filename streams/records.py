@@ -9,6 +9,8 @@ import socket
 import time
 from typing import Any
 
+import orjson
+
 from inference.events import Event
 from inference.ranking import Recommendation
 
@@ -20,7 +22,12 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON (orjson: one call per published list, so it counts; the standard
+    library for what orjson refuses, e.g. integers past 64 bits)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def recommendation_record(

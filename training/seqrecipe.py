@@ -34,8 +34,10 @@ from inference.events import Event
 from inference.model import ModelParams
 from inference.ranking import Weights
 
+from .recipe import TrainResult
 from .seqfit import build_sequences, fit_sequence, select_config, split_last
 from .seqmodel import ParityError, from_params, to_params
+from .slices import build_index, evaluate_slice, training_pairs
 
 log = logging.getLogger("streamrec.train")
 
@@ -45,9 +47,6 @@ def train_sequence_version(events: Sequence[Event], item_ids: Sequence[str], ite
                            base_weights: Weights | None = None, progress: bool = False):
     """Fit a sequence version on ``events`` (time order); ``cfg`` is a ``TrainConfig``. Returns a
     ``TrainResult`` (``pairs``: the next-item targets trained on)."""
-    from .recipe import TrainResult
-    from .slices import build_index, training_pairs
-
     t0 = time.perf_counter()
     item_ids = [str(i) for i in item_ids]
     item_vecs = np.asarray(item_vecs, np.float32)
@@ -99,10 +98,19 @@ def train_sequence_version(events: Sequence[Event], item_ids: Sequence[str], ite
         params = parent or ModelParams.identity(dim, base)
         return TrainResult(params, fit.history, {"note": "parity check failed", "error": str(exc)}, fit.targets,
                            time.perf_counter() - t0, asdict(cfg), replayed.get(len(events)))
-    weights, blend = fit_blend(blend_context, blend_events, item_ids, item_vecs, text_vecs, val_seq, dim, cfg,
-                               start=replayed.get(cut) if cfg.validation_slice != "last" else None,
-                               score_if=_new_users_first(fit_events, blend_events) if cfg.validation_slice != "last"
-                               else None)
+    start = replayed.get(cut) if cfg.validation_slice != "last" else None
+    score_if = _new_users_first(fit_events, blend_events) if cfg.validation_slice != "last" else None
+    fitted, blend = fit_blend(blend_context, blend_events, item_ids, item_vecs, text_vecs, val_seq, dim, cfg,
+                              start=start, score_if=score_if)
+    # the fit minimises cross-entropy over candidates; NDCG@k on the same slice has the last word
+    # among it and its neighbours (each part's weight halved, doubled, or the part left out)
+    near = _neighbours(fitted)
+    scores = evaluate_slice(blend_context, blend_events, item_ids, item_vecs, text_vecs,
+                            {_name(w): ModelParams(dim, weights=w, sequence=val_seq) for w in near}, k=cfg.k,
+                            start=start, score_if=score_if)
+    weights = max(near, key=lambda w: (scores[_name(w)]["ndcg"], w == fitted))
+    blend["fitted"] = asdict(fitted)
+    blend["ndcg_on_slice"] = {n: v["ndcg"] for n, v in scores.items()}
     chosen = ModelParams(dim, weights=weights, sequence=seq)
     seq.text_weight = weights.text
     best = _name(weights)
@@ -128,6 +136,19 @@ def _new_users_first(fit_events: Sequence[Event], tail: Sequence[Event], least: 
     return (lambda e: e.user_id not in known) if new >= least * len(tail) else None
 
 
+def _neighbours(w: Weights) -> list[Weights]:
+    """``w`` and the blends one step from it: each part's weight halved or doubled, each part
+    left out (co-occurrence and popularity alone among them)."""
+    out = [w]
+    for part in ("similarity", "text", "cooccurrence", "popularity"):
+        v = getattr(w, part)
+        for x in ((v * 0.5, v * 2.0, 0.0) if v else ()):
+            out.append(replace(w, **{part: round(x, 6)}))
+    if w.cooccurrence:
+        out.append(replace(w, similarity=0.0, text=0.0))
+    return [x for k, x in enumerate(out) if x not in out[:k] and (x.similarity or x.text or x.cooccurrence)]
+
+
 def _name(w: Weights) -> str:
     return (f"sim={w.similarity:.3g},text={w.text:.3g},co={w.cooccurrence:.3g},pop={w.popularity:.3g}")
 
@@ -146,8 +167,6 @@ def fit_blend(context: Sequence[Event], held: Sequence[Event], item_ids: Sequenc
     learned blend instead of a grid: no edge to hit, and the parts' scales (a logit, cosines,
     counts) need no guessing. Returns the weights and what the fit saw."""
     import torch
-
-    from .slices import evaluate_slice
 
     rng = np.random.default_rng(cfg.seed)
     feats: list[np.ndarray] = []

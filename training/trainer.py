@@ -337,10 +337,11 @@ class PeriodicRetrainer:
     """
 
     def __init__(self, cfg: TrainConfig | None = None, *, window: int = 20_000, replay_sample: int = 10_000,
-                 every: int = 0, progress: bool = False) -> None:
+                 every: int = 0, first: int = 0, progress: bool = False) -> None:
         self.cfg = cfg or TrainConfig()
         self.window = window
         self.every = every  # train only once this many events came since the last time (0: at every call)
+        self.first = first  # ... except the first time: once this many came (0: ``every``)
         self._last = 0
         self._mark: Event | None = None  # the last event of the replay at the last training
         self.replay_sample = replay_sample
@@ -356,7 +357,7 @@ class PeriodicRetrainer:
         if validation_slice is not None:
             cfg = replace(cfg, validation_slice=validation_slice)
         return PeriodicRetrainer(cfg, window=self.window, replay_sample=self.replay_sample, every=self.every,
-                                 progress=self.progress)
+                                 first=self.first, progress=self.progress)
 
     def __call__(self, rec: Recommender, events_so_far: Sequence[Event],
                  text_vecs: dict[str, np.ndarray] | None = None) -> None:
@@ -365,7 +366,8 @@ class PeriodicRetrainer:
         # the last call, or not the same events up to where the last training stopped.
         if n < self._last or (self._last and events_so_far[self._last - 1] is not self._mark):
             self._last = 0
-        if self.every and n - self._last < self.every:
+        wait = self.first if (self.first and not self._last) else self.every
+        if wait and n - self._last < wait:
             return
         self._last, self._mark = n, events_so_far[n - 1] if n else None
         recent = list(events_so_far[-self.window:])
