@@ -290,19 +290,15 @@ class Ranker:
                     parts["head"][live] = w.head * p.head
             for i in live:
                 names[i] += ["similarity", "head"] if use_head else ["similarity"]
-        warm = p.live_set
-        if p.live_text and self._uses_text(w):
-            parts["text"] = np.zeros((b, n_rows), np.float32)
-            parts["text"][p.live_text] = np.float32(w.text) * p.text
-            for i in p.live_text:
-                names[i].append("text")
-            warm = warm | set(p.live_text)
-        if p.live_co and self._uses_co(w):
-            parts["cooccurrence"] = np.zeros((b, n_rows), np.float32)
-            parts["cooccurrence"][p.live_co] = np.float32(w.cooccurrence) * p.co
-            for i in p.live_co:
-                names[i].append("cooccurrence")
-            warm = warm | set(p.live_co)
+        warm = set(p.live_set)
+        for name, rows, mat, on in (("text", p.live_text, p.text, self._uses_text(w)),
+                                    ("cooccurrence", p.live_co, p.co, self._uses_co(w))):
+            if rows and on:  # a part some users lack: zero for them
+                parts[name] = np.zeros((b, n_rows), np.float32)
+                parts[name][rows] = np.float32(getattr(w, name)) * mat
+                for i in rows:
+                    names[i].append(name)
+                warm.update(rows)
         pop_rows = [i for i in range(b) if w.popularity or i not in warm]
         if pop_rows:
             pop = np.zeros((b, n_rows), np.float32)

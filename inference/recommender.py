@@ -455,8 +455,8 @@ class Recommender:
         * ``request``: the text request's share (``w_sim * c_text * <t, v_item>``);
         * ``similarity_other``: what is left of the similarity part: review texts, events
           older than the recent-items window, catalogue vectors that changed since;
-        * ``moved``: places each non-similarity part (popularity, head) moved the item up
-          (negative: down) compared to the ranking without that part.
+        * ``moved``: places each non-similarity part (popularity, head, text, co-occurrence)
+          moved the item up (negative: down) compared to the ranking without that part.
 
         Must be called with the same state and request as the list (the ranking is
         recomputed here, so it costs one more scoring pass). A sequence version's own lists are
@@ -512,11 +512,7 @@ class Recommender:
             ctx_scale = np.asarray(hist_w, np.float32) * np.float32(w_sim * s_ctx / max(total_w, 1e-30))
         out = []
         for pos, it in enumerate(rec.items, start=1):
-            entry: dict = {"item_id": it.item_id, "rank": pos, "score": round(it.score, 6), "driver": it.driver,
-                           "parts": {k: round(v, 6) for k, v in it.parts.items()}}
-            if it.explored:
-                entry["explored"] = True
-            row = self.index._row.get(it.item_id)
+            entry, row = self._entry(pos, it)
             if row is None:  # removed from the catalogue since the list was made
                 out.append(entry)
                 continue
@@ -537,15 +533,7 @@ class Recommender:
             if "similarity" in parts:
                 entry["similarity_other"] = round(float(parts["similarity"][row]) - explained, 6)
             if q.vector is not None:
-                moved = {}
-                mine = total[row]
-                rank_with = int(np.count_nonzero(total[eligible] > mine))
-                for name in ("popularity", "head", "text", "cooccurrence"):
-                    if name in parts:
-                        without = (total - parts[name])[eligible]
-                        moved[name] = int(np.count_nonzero(without > mine - parts[name][row])) - rank_with
-                if moved:
-                    entry["moved"] = moved
+                _add_moved(entry, total, parts, eligible, row)
             out.append(entry)
         return out
 
@@ -569,11 +557,7 @@ class Recommender:
         w_sim = model.ranker.weights.similarity
         out = []
         for pos, it in enumerate(rec.items, start=1):
-            entry: dict = {"item_id": it.item_id, "rank": pos, "score": round(it.score, 6), "driver": it.driver,
-                           "parts": {k: round(v, 6) for k, v in it.parts.items()}}
-            if it.explored:
-                entry["explored"] = True
-            row = self.index._row.get(it.item_id)
+            entry, row = self._entry(pos, it)
             if row is None:
                 out.append(entry)
                 continue
@@ -583,16 +567,17 @@ class Recommender:
                 entry["history"] = [{"item_id": self.index.id_at(hist_rows[j]), "weight": None,
                                      "contribution": round(float(contrib[j]), 6)} for j in best]
                 entry["similarity_other"] = round(float(parts["similarity"][row] - contrib[best].sum()), 6)
-            moved, mine = {}, total[row]
-            rank_with = int(np.count_nonzero(total[eligible] > mine))
-            for name in ("popularity", "head", "text", "cooccurrence"):
-                if name in parts:
-                    without = (total - parts[name])[eligible]
-                    moved[name] = int(np.count_nonzero(without > mine - parts[name][row])) - rank_with
-            if moved:
-                entry["moved"] = moved
+            _add_moved(entry, total, parts, eligible, row)
             out.append(entry)
         return out
+
+    def _entry(self, pos: int, it: ScoredItem) -> tuple[dict, int | None]:
+        """An explanation's fields every version gives, and the item's index row (None: gone)."""
+        entry: dict = {"item_id": it.item_id, "rank": pos, "score": round(it.score, 6), "driver": it.driver,
+                       "parts": {k: round(v, 6) for k, v in it.parts.items()}}
+        if it.explored:
+            entry["explored"] = True
+        return entry, self.index._row.get(it.item_id)
 
     def _history(self, state: UserState | None) -> dict[str, float] | None:
         return state.item_weights() if state is not None and self.active.uses_history else None
@@ -601,3 +586,16 @@ class Recommender:
         """What a list for ``state`` must leave out: the keys of every item the user interacted
         with (``UserState.seen``; an array the state replaces, never changes, on each event)."""
         return state.seen if (state is not None and not self.config.repeats) else ()
+
+
+def _add_moved(entry: dict, total: np.ndarray, parts: dict[str, np.ndarray], eligible: np.ndarray, row: int) -> None:
+    """``entry["moved"]``: places each part but similarity moved the item at ``row`` up (negative:
+    down) against the ranking without that part, among the ``eligible`` rows."""
+    moved, mine = {}, total[row]
+    rank_with = int(np.count_nonzero(total[eligible] > mine))
+    for name in ("popularity", "head", "text", "cooccurrence"):
+        if name in parts:
+            without = (total - parts[name])[eligible]
+            moved[name] = int(np.count_nonzero(without > mine - parts[name][row])) - rank_with
+    if moved:
+        entry["moved"] = moved

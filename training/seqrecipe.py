@@ -37,7 +37,7 @@ from inference.ranking import Weights
 from .recipe import TrainResult
 from .seqfit import build_sequences, fit_sequence, select_config, split_last
 from .seqmodel import ParityError, from_params, to_params
-from .slices import build_index, evaluate_slice, training_pairs
+from .slices import catalogue, evaluate_slice, training_pairs
 
 log = logging.getLogger("streamrec.train")
 
@@ -51,9 +51,7 @@ def train_sequence_version(events: Sequence[Event], item_ids: Sequence[str], ite
     item_ids = [str(i) for i in item_ids]
     item_vecs = np.asarray(item_vecs, np.float32)
     dim = item_vecs.shape[1]
-    index = build_index(item_ids, item_vecs)
-    ids = index.ids()
-    V = index.matrix[[index.row(i) for i in ids]].copy() if ids else np.zeros((0, dim), np.float32)
+    index, ids, V = catalogue(item_ids, item_vecs)
     if cfg.validation_slice == "last":  # the leave-last-out task: each user's last event picks the blend
         cut = len(events)
         fit_events = list(events)  # the fit holds each user's last event out itself (and refits on small data)

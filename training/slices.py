@@ -32,6 +32,15 @@ from inference.user import UpdateConfig, UserState
 
 
 
+def catalogue(item_ids: Sequence[str], item_vecs: np.ndarray) -> tuple[ItemIndex, list[str], np.ndarray]:
+    """The index a worker would hold for these items, its ids in row order and their (unit)
+    vectors in that order: what a recipe fits over."""
+    index = build_index([str(i) for i in item_ids], np.asarray(item_vecs, np.float32))
+    ids = index.ids()
+    V = index.matrix[[index.row(i) for i in ids]].copy() if ids else np.zeros((0, index.dim), np.float32)
+    return index, ids, V
+
+
 def build_index(item_ids: Sequence[str], item_vecs: np.ndarray) -> ItemIndex:
     index = ItemIndex(item_vecs.shape[1], capacity=max(1024, len(item_ids)))
     keep = [k for k in range(len(item_ids)) if np.any(item_vecs[k])]

@@ -43,7 +43,7 @@ from inference.ranking import Weights
 from inference.recommender import Recommender
 
 from .recipe import TrainConfig, TrainResult, split_holdout
-from .slices import ReplayState, build_index, evaluate_slice, replay_events, training_pairs
+from .slices import ReplayState, build_index, catalogue, evaluate_slice, replay_events, training_pairs
 
 __all__ = ["PeriodicRetrainer", "ReplayState", "TrainConfig", "TrainResult", "build_index", "evaluate_slice",
            "replay_events", "split_holdout", "train_version", "training_pairs"]
@@ -255,9 +255,7 @@ def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: n
     item_ids = [str(i) for i in item_ids]
     item_vecs = np.asarray(item_vecs, np.float32)
     dim = item_vecs.shape[1]
-    index = build_index(item_ids, item_vecs)
-    ids = index.ids()
-    V = index.matrix[[index.row(i) for i in ids]].copy() if ids else np.zeros((0, dim), np.float32)
+    index, ids, V = catalogue(item_ids, item_vecs)
     pos = {i: k for k, i in enumerate(ids)}
     cut = int(len(events) * (1.0 - cfg.validation))
     fit_events, val_events = list(events[:cut]), list(events[cut:])
