@@ -365,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain streamrec only once N events came since its last retrain (default: at every "
                         "--retrain-every point; ALS still refits at each)")
     p.add_argument("--train-first", type=int, default=0,
-                   help="... but the first retrain once N events came (default: as --train-every): an early first "
-                        "version on a long stream")
+                   help="... but the first retrain once N events came, the next ones each time the events have "
+                        "doubled, until --train-every is the shorter wait (default: --train-every throughout): early "
+                        "versions on a long stream")
     p.add_argument("--train-recipe", choices=("sequence", "adapter"), default="sequence",
                    help="what streamrec's retrains fit: the sequence encoder (default) or the earlier adapter recipe")
     p.add_argument("--train-epochs", type=int, default=None, help="adapter recipe: epochs per retrain (default: "

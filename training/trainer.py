@@ -339,7 +339,10 @@ class PeriodicRetrainer:
         self.cfg = cfg or TrainConfig()
         self.window = window
         self.every = every  # train only once this many events came since the last time (0: at every call)
-        self.first = first  # ... except the first time: once this many came (0: ``every``)
+        #: With ``first``: the first training once this many events came, then each time the
+        #: events have doubled since the last one, until ``every`` is the shorter wait (an
+        #: early version, and fresh ones while the data is small); 0: ``every`` throughout.
+        self.first = first
         self._last = 0
         self._mark: Event | None = None  # the last event of the replay at the last training
         self.replay_sample = replay_sample
@@ -364,7 +367,7 @@ class PeriodicRetrainer:
         # the last call, or not the same events up to where the last training stopped.
         if n < self._last or (self._last and events_so_far[self._last - 1] is not self._mark):
             self._last = 0
-        wait = self.first if (self.first and not self._last) else self.every
+        wait = min(self.every or self.first, max(self.first, self._last)) if self.first else self.every
         if wait and n - self._last < wait:
             return
         self._last, self._mark = n, events_so_far[n - 1] if n else None

@@ -146,16 +146,17 @@ def test_periodic_retrainer_trains_only_every_n_events():
 
 
 def test_periodic_retrainer_can_train_a_first_version_early():
-    """``streamrec evaluate --train-first``: the first training comes sooner, then every N."""
+    """``streamrec evaluate --train-first``: the first training comes sooner, the next ones each
+    time the events have doubled, until every N is the shorter wait."""
     from training.trainer import PeriodicRetrainer
 
     idx, ids = random_index()
-    events = [click(f"u{k % 40}", ids[(k * 7) % 50], k * 60.0, k) for k in range(1200)]
+    events = [click(f"u{k % 40}", ids[(k * 7) % 50], k * 60.0, k) for k in range(2200)]
     hook = PeriodicRetrainer(TrainConfig(recipe="adapter", epochs=1, min_pairs=10), every=600, first=200)
     rec = Recommender(idx)
-    for n in (100, 200, 400, 700, 800, 1200):
+    for n in range(100, 2201, 100):
         hook(rec, events[:n])
-    assert [h["at_event"] for h in hook.history] == [200, 800]
+    assert [h["at_event"] for h in hook.history] == [200, 400, 800, 1400, 2000]
 
 
 def test_periodic_retrainer_waits_for_enough_training_pairs():
