@@ -334,6 +334,7 @@ class StreamrecSystem(System):
                 self.retrain_hook(self.rec, events_so_far, text_vecs=self.text_vecs)
             else:  # a two-argument hook (recommender, events)
                 self.retrain_hook(self.rec, events_so_far)
+            self._alike = None  # the hook may have changed the weights or the version in place
             history = getattr(self.retrain_hook, "history", None)  # a hook that may skip a call says so
             self.retrains = len(history) if history is not None else self.retrains + 1
 

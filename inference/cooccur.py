@@ -47,7 +47,8 @@ class Cooccurrence:
         self.n = np.zeros(0, np.float32)  # interactions per row
         self.nbr = np.full((0, slots), -1, np.int32)  # neighbour rows per row (-1: empty)
         self.cnt = np.zeros((0, slots), np.float32)  # their counts
-        self.deg = np.zeros(0, np.int32)  # slots in use per row
+        self.deg = np.zeros(0, np.int32)  # slots in use per row (always the first ones, all >= 0)
+        self.norm = np.ones(0, np.float32)  # sqrt(max(n, 1)) per row, kept up to date for scoring
         self.owner = np.zeros(0, np.uint32)  # per row: the item key its counts belong to
         self._layout = -1  # the ItemIndex.version last followed
         self.evicted = 0  # neighbours dropped from a full row
@@ -61,7 +62,7 @@ class Cooccurrence:
             out = Cooccurrence(window=self.window, history=self.history, decay=self.decay, slots=self.slots,
                                max_bytes=self.max_bytes)
             out.n, out.nbr, out.cnt, out.deg = self.n.copy(), self.nbr.copy(), self.cnt.copy(), self.deg.copy()
-            out.owner, out._layout = self.owner.copy(), self._layout
+            out.owner, out._layout, out.norm = self.owner.copy(), self._layout, self.norm.copy()
             out.evicted, out.events = self.evicted, self.events
             return out
 
@@ -79,6 +80,7 @@ class Cooccurrence:
             self.nbr = np.concatenate([self.nbr, np.full((add, self.slots), -1, np.int32)])
             self.cnt = np.concatenate([self.cnt, np.zeros((add, self.slots), np.float32)])
             self.deg = np.concatenate([self.deg, np.zeros(add, np.int32)])
+            self.norm = np.concatenate([self.norm, np.ones(add, np.float32)])
             self.owner = np.concatenate([self.owner, np.zeros(add, np.uint32)])
 
     def follow(self, index) -> None:
@@ -105,6 +107,7 @@ class Cooccurrence:
         with self._lock:
             self._grow(int(max(row, prev.max() if prev.size else 0)) + 1)
             self.n[row] += 1.0
+            self.norm[row] = np.sqrt(self.n[row])
             self.events += 1
             if prev.size:
                 self._bump_row(row, prev)
@@ -124,7 +127,7 @@ class Cooccurrence:
             self.nbr[row, d:d + room] = new[:room]
             self.cnt[row, d:d + room] = 1.0
             self.deg[row] = d + room
-            over = new[room:]
+            over = new[room:][-self.slots:]  # (more new neighbours than slots: the newest)
             if over.size:  # full: the smallest counts make way
                 drop = np.argpartition(self.cnt[row], over.size - 1)[: over.size]
                 self.nbr[row, drop] = over
@@ -155,6 +158,7 @@ class Cooccurrence:
         """Forget a row (caller holds the lock)."""
         if row < len(self.n):
             self.n[row] = 0.0
+            self.norm[row] = 1.0
             self.nbr[row] = -1
             self.cnt[row] = 0.0
             self.deg[row] = 0
@@ -163,29 +167,30 @@ class Cooccurrence:
     # -- scoring ------------------------------------------------------------------------
     def scores(self, histories: Sequence[np.ndarray], n_rows: int) -> np.ndarray:
         """``(len(histories), n_rows)``: each history's (rows of distinct items, oldest first; the
-        last ``history`` count) weighted cosine to every row. An empty history scores zeros."""
+        last ``history`` count) weighted cosine to every row. An empty history scores zeros.
+
+        Each history row contributes only its slots in use (a ragged gather, not history x the
+        widest row): per request, work in proportion to the neighbours actually counted."""
         b = len(histories)
         out = np.zeros((b, n_rows), np.float32)
-        H = np.full((b, self.history), -1, np.int64)
-        for u, h in enumerate(histories):
-            h = np.asarray(h, np.int64)
-            h = h[(h >= 0) & (h < n_rows)][-self.history:]
-            if h.size:
-                H[u, self.history - h.size:] = h
-        if not (H >= 0).any():
-            return out
         with self._lock:
             self._grow(n_rows)
-            norm = np.sqrt(np.maximum(self.n, 1.0))
-            live = H >= 0
-            Hs = np.where(live, H, 0)
-            w = np.where(live, self._hist_w[None, :] / norm[Hs], 0.0).astype(np.float32)  # (b, history)
-            width = max(int(self.deg[Hs[live]].max()), 1)  # slots in use: no more read than that
-            cols = self.nbr[Hs, :width]  # (b, history, width)
-            vals = self.cnt[Hs, :width] * w[..., None]
-        ok = (cols >= 0) & (cols < n_rows) & (vals != 0)
-        users = np.broadcast_to(np.arange(b)[:, None, None], cols.shape)
-        flat = np.bincount(users[ok] * n_rows + cols[ok], weights=vals[ok], minlength=b * n_rows)
-        out += flat.reshape(b, n_rows).astype(np.float32)
-        out /= norm[None, :n_rows]
+            norm = self.norm[:n_rows]
+            flat_nbr, flat_cnt = self.nbr.reshape(-1), self.cnt.reshape(-1)
+            for u, h in enumerate(histories):
+                h = np.asarray(h, np.int64)
+                h = h[(h >= 0) & (h < n_rows)][-self.history:]
+                if not h.size:
+                    continue
+                w = self._hist_w[self.history - h.size:] / norm[h]  # oldest .. newest
+                d = self.deg[h].astype(np.int64)
+                total = int(d.sum())
+                if not total:
+                    continue
+                ends = np.cumsum(d)
+                at = np.repeat(h * self.slots - (ends - d), d) + np.arange(total)  # each row's used slots
+                cols = flat_nbr[at]  # slots in use hold rows (a cleared neighbour: count 0)
+                vals = flat_cnt[at] * np.repeat(w, d)
+                out[u] = np.bincount(cols, weights=vals, minlength=n_rows)[:n_rows]
+            out /= norm[None, :]
         return out

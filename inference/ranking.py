@@ -293,12 +293,17 @@ class Ranker:
         warm = set(p.live_set)
         for name, rows, mat, on in (("text", p.live_text, p.text, self._uses_text(w)),
                                     ("cooccurrence", p.live_co, p.co, self._uses_co(w))):
-            if rows and on:  # a part some users lack: zero for them
+            if not (rows and on):
+                continue
+            if own and len(rows) == b:  # every user has it, and p is not used again: scaled in place
+                mat *= np.float32(getattr(w, name))
+                parts[name] = mat
+            else:  # a part some users lack: zero for them
                 parts[name] = np.zeros((b, n_rows), np.float32)
                 parts[name][rows] = np.float32(getattr(w, name)) * mat
-                for i in rows:
-                    names[i].append(name)
-                warm.update(rows)
+            for i in rows:
+                names[i].append(name)
+            warm.update(rows)
         pop_rows = [i for i in range(b) if w.popularity or i not in warm]
         if pop_rows:
             pop = np.zeros((b, n_rows), np.float32)
@@ -311,8 +316,9 @@ class Ranker:
                 pop[i] = (w.popularity or 1.0) * row
                 names[i].append("popularity")
             parts["popularity"] = pop
-        total = np.zeros((b, n_rows), np.float32)
-        for arr in parts.values():
+        arrays = list(parts.values())
+        total = arrays[0].copy() if arrays else np.zeros((b, n_rows), np.float32)
+        for arr in arrays[1:]:
             total += arr
         alive = self.index.alive
         if not alive.all():

@@ -44,7 +44,7 @@ from .explore import ExploreConfig, Explorer
 from .index import ItemIndex
 from .model import ModelParams, ModelSpace
 from .ranking import LinearHead, Popularity, Ranker, Recommendation, ScoredItem, Weights
-from .sequence import SequenceParams, encode_sequences
+from .sequence import SequenceParams, encode_sequences, length_groups
 from .user import Sequence as EventSequence
 from .user import UpdateConfig, UserState, apply_event
 from .vectors import as_unit
@@ -140,12 +140,12 @@ class ActiveModel:
         table = self.space.index.matrix
         x, neg, gap, mask = encode_sequences([(lookup.row_each(r.seq.keys), r.seq.signs, r.seq.times) for r in todo],
                                              table, seq.max_len)
-        some = np.flatnonzero(mask.any(axis=1))
-        H = seq.user_vectors(x[some], neg[some], gap[some], mask[some]) if some.size else None
         for r in todo:
             r.seq = None
-        for j, i in enumerate(some.tolist()):
-            todo[i].user = H[j]
+        for group, width in length_groups(mask):
+            H = seq.user_vectors(x[group, -width:], neg[group, -width:], gap[group, -width:], mask[group, -width:])
+            for j, i in enumerate(group.tolist()):
+                todo[i].user = H[j]
 
 
 class Recommender:

@@ -95,6 +95,19 @@ def encode_sequences(seqs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
     return x.astype(np.float32, copy=False), neg, gap, mask
 
 
+def length_groups(mask: np.ndarray, shortest: int = 4) -> list[tuple[np.ndarray, int]]:
+    """``(rows, width)`` groups of a left-padded batch (``mask (B, L)``), rows with no event left
+    out: sequences of similar length run together, each group only as wide as its longest (up to
+    ``shortest``, 2x, 4x, ... events), so a few long histories do not make every short one pay for
+    their padding (positions count from the right and padding is masked: the same vectors)."""
+    n = mask.sum(axis=1).astype(np.int64)
+    some = np.flatnonzero(n > 0)
+    if not some.size:
+        return []
+    bucket = np.ceil(np.log2(np.maximum(n[some], shortest) / shortest)).astype(np.int64)
+    return [(some[bucket == b], int(n[some[bucket == b]].max())) for b in np.unique(bucket)]
+
+
 @dataclass
 class SequenceParams:
     """One version's sequence encoder (ONNX bytes) and item side."""

@@ -31,33 +31,24 @@ def test_bench_pipeline_quick_writes_the_documented_report(broker, model_dir, tm
     assert out.with_suffix(".md").read_text().startswith("# streamrec pipeline benchmark")
     assert out.with_suffix(".png").stat().st_size > 10_000
 
-
-def test_bench_pipeline_quick_clicks_with_a_sequence_version(broker, model_dir, tmp_path):
-    """clicks-seq: the worker serves the sequence version v1 (published on its control topic before
-    it starts), side by side with clicks on v0, and the report says so."""
-    out = tmp_path / "pipeline.json"
-    assert bench.main(["--quick", "--only", "clicks,clicks-seq", "--out", str(out), "--model", str(model_dir),
-                       "--broker", broker.bootstrap, "--no-progress"]) == 0
-    report = json.loads(out.read_text())
+    # clicks-seq: the worker serves the sequence version v1 (published on its control topic before
+    # it starts), side by side with clicks on v0, and the report says so
     runs = report["runs"]
-    assert list(runs) == ["clicks", "clicks-seq"]
-    assert all(run["events_per_s"] > 0 for run in runs.values()), runs
     model = runs["clicks-seq"]["model"]
     assert model["version"] == "v1" and model["weights"]["cooccurrence"] == 1.0
     assert all(model["weights"][k] == 1.0 for k in ("similarity", "popularity", "text"))
     assert model["d"] > 0 and model["blocks"] > 0 and model["max_len"] > 0
     assert model["items"] == report["settings"]["catalogue_items"]
-    # the outputs themselves say which version made them
-    seq_versions = runs["clicks-seq"]["model_versions"]
+    seq_versions = runs["clicks-seq"]["model_versions"]  # the outputs themselves say which version made them
     assert seq_versions and all(v.endswith(":v1") for v in seq_versions), seq_versions
     assert sum(seq_versions.values()) == runs["clicks-seq"]["saturation"]["outputs"]
     assert all(v.endswith(":v0") for v in runs["clicks"]["model_versions"]), runs["clicks"]["model_versions"]
     assert "model" not in runs["clicks"]
-    assert report["ratios"]["clicks_seq_vs_clicks"] > 0
     target = report["targets"]["clicks_seq_vs_clicks"]
+    assert report["ratios"]["clicks_seq_vs_clicks"] > 0
     assert target["goal"].startswith(">= 0.9") and target["value"] == report["ratios"]["clicks_seq_vs_clicks"]
-    assert "clicks_seq_vs_clicks" in out.with_suffix(".md").read_text()
-    assert "streamrec, clicks, sequence version" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "clicks_seq_vs_clicks" in md and "streamrec, clicks, sequence version" in md
 
 
 def test_steady_rate_and_percentiles():
