@@ -408,7 +408,10 @@ class Ranker:
         best = top_k_rows(total, min(n, len(self.index)))
         # whole-matrix gathers, then plain Python floats: not a numpy scalar per item and part
         scores = np.take_along_axis(total, best, 1).tolist()
-        columns = {name: np.take_along_axis(arr, best, 1).tolist() for name, arr in parts.items()}
+        picked = {name: np.take_along_axis(arr, best, 1) for name, arr in parts.items()}
+        drivers = _drivers(picked, present)
+        names = list(picked)
+        columns = {name: arr.tolist() for name, arr in picked.items()}
         id_at, out = self.index.id_at, []
         for i, rows in enumerate(best.tolist()):
             items = []
@@ -417,7 +420,21 @@ class Ranker:
                 if not math.isfinite(score):
                     continue
                 row_parts = {name: columns[name][i][k] for name in present[i]}
-                driver = max(row_parts, key=lambda name: abs(row_parts[name]))
-                items.append(ScoredItem(id_at(row), score, row_parts, driver))
+                items.append(ScoredItem(id_at(row), score, row_parts, names[drivers[i][k]]))
             out.append(Recommendation(items, cold_start=present[i] == ("popularity",)))
         return out
+
+
+def _drivers(picked: dict[str, np.ndarray], present: Sequence[tuple[str, ...]]) -> list[list[int]]:
+    """Per user and listed item, the position in ``picked`` of the part with the largest absolute
+    value among the parts that user has (the first on a tie): every list's drivers in one pass."""
+    names = list(picked)
+    if not names:
+        return [[] for _ in present]
+    size = np.abs(np.stack(list(picked.values())))  # (parts, users, k)
+    for i, have in enumerate(present):
+        if len(have) != len(names):
+            for j, name in enumerate(names):
+                if name not in have:
+                    size[j, i] = -1.0
+    return size.argmax(axis=0).tolist()

@@ -138,7 +138,9 @@ class ActiveModel:
         seq = self.sequence
         lookup = self.space.base.key_lookup()
         table = self.space.index.matrix
-        x, neg, gap, mask = encode_sequences([(lookup.row_each(r.seq.keys), r.seq.signs, r.seq.times) for r in todo],
+        rows = np.split(lookup.row_each(np.concatenate([r.seq.keys for r in todo])),  # one lookup for the chunk
+                        np.cumsum([len(r.seq.keys) for r in todo])[:-1])
+        x, neg, gap, mask = encode_sequences([(rw, r.seq.signs, r.seq.times) for rw, r in zip(rows, todo)],
                                              table, seq.max_len)
         for r in todo:
             r.seq = None

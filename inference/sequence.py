@@ -72,23 +72,39 @@ def encode_sequences(seqs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
     gaps are taken). Returns ``x (B, L, d)``, ``neg (B, L)``, ``gap (B, L)``, ``mask (B, L)``,
     left-padded to ``L`` = the batch's longest (the last ``max_len`` readable events at most)."""
     B, L = len(seqs), max_len
-    idx = np.zeros((B, L), np.int64)
-    neg = np.zeros((B, L), np.float32)
-    gap = np.zeros((B, L), np.int64)
-    mask = np.zeros((B, L), np.float32)
+    W = L + 1  # one more: the first kept event's gap
+    rows_all = np.full((B, W), -1, np.int64)
+    signs_all = np.zeros((B, W), np.int8)
+    times_all = np.full((B, W), np.nan)
     for b, (rows, signs, times) in enumerate(seqs):
-        keep = np.flatnonzero(np.asarray(rows) >= 0)[-(L + 1):]  # one more: the first kept event's gap
-        if not keep.size:
+        rows = np.asarray(rows)
+        n = min(len(rows), W)
+        if n and rows[-n:].min() >= 0:  # the usual case: every recent item readable
+            rows_all[b, W - n:], signs_all[b, W - n:], times_all[b, W - n:] = rows[-n:], signs[-n:], times[-n:]
             continue
-        g = gap_buckets(np.asarray(times, np.float64)[keep])
-        if keep.size > L:
-            keep, g = keep[1:], g[1:]
+        keep = np.flatnonzero(rows >= 0)[-W:]
         n = keep.size
-        idx[b, L - n:] = np.asarray(rows)[keep]
-        neg[b, L - n:] = np.asarray(signs)[keep] < 0
-        gap[b, L - n:] = g
-        mask[b, L - n:] = 1.0
-    width = int(mask.sum(axis=1).max()) if B else 0  # the batch's longest: shorter ones stay padded
+        if n:
+            rows_all[b, W - n:] = rows[keep]
+            signs_all[b, W - n:] = np.asarray(signs)[keep]
+            times_all[b, W - n:] = np.asarray(times, np.float64)[keep]
+    with np.errstate(invalid="ignore"):  # -inf - -inf (times unknown): NaN, the unknown bucket
+        gaps = np.diff(times_all, axis=1)  # (B, L): each kept event's time since the one before
+    known = np.isfinite(gaps)
+    gap = np.full((B, L), GAP_UNKNOWN, np.int64)
+    gap[known] = 3 + np.searchsorted(_GAP_EDGES, np.maximum(gaps[known], 0.0), side="left")
+    idx = rows_all[:, 1:]
+    present = idx >= 0
+    n_kept = present.sum(axis=1)
+    first = np.flatnonzero((n_kept > 0) & (rows_all[:, 0] < 0))  # the oldest kept event is the sequence's first
+    at = L - n_kept[first]
+    timed = np.isfinite(times_all[first, at + 1])
+    gap[first[timed], at[timed]] = 2
+    gap[~present] = GAP_PAD
+    idx = np.where(present, idx, 0)
+    neg = (present & (signs_all[:, 1:] < 0)).astype(np.float32)
+    mask = present.astype(np.float32)
+    width = int(n_kept.max()) if B else 0  # the batch's longest: shorter ones stay padded
     if 0 < width < L:
         idx, neg, gap, mask = idx[:, L - width:], neg[:, L - width:], gap[:, L - width:], mask[:, L - width:]
     x = table[idx] * mask[..., None]
