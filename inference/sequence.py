@@ -50,16 +50,27 @@ _GAP_EDGES = np.array([0.0, 60.0, 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0, 36
 N_GAP_BUCKETS = 3 + len(_GAP_EDGES) + 1
 
 
+def _bucket(gaps: np.ndarray) -> np.ndarray:
+    """The bucket of each time gap in seconds (any shape; NaN or infinite: unknown). The one
+    place the edges are applied, for the trainer's sequences and the worker's batches alike."""
+    out = np.full(gaps.shape, GAP_UNKNOWN, dtype=np.int64)
+    known = np.isfinite(gaps)
+    out[known] = 3 + np.searchsorted(_GAP_EDGES, np.maximum(gaps[known], 0.0), side="left")
+    return out
+
+
+def _diff(times: np.ndarray) -> np.ndarray:
+    """Time since the previous event along the last axis (the first: NaN, filled by the caller)."""
+    with np.errstate(invalid="ignore"):  # -inf - -inf (times unknown): NaN, the unknown bucket
+        return np.diff(times, axis=-1)
+
+
 def gap_buckets(times: np.ndarray) -> np.ndarray:
     """Per event (times oldest first, NaN = unknown): its time-gap bucket."""
     t = np.asarray(times, dtype=np.float64)
-    out = np.full(len(t), GAP_UNKNOWN, dtype=np.int64)
     if not len(t):
-        return out
-    with np.errstate(invalid="ignore"):  # -inf - -inf (times unknown): NaN, the unknown bucket
-        gap = np.diff(t, prepend=np.nan)
-    known = np.isfinite(gap)
-    out[known] = 3 + np.searchsorted(_GAP_EDGES, np.maximum(gap[known], 0.0), side="left")
+        return np.full(0, GAP_UNKNOWN, dtype=np.int64)
+    out = _bucket(np.concatenate(([np.nan], _diff(t))))
     if np.isfinite(t[0]):
         out[0] = 2
     return out
@@ -88,11 +99,7 @@ def encode_sequences(seqs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
             rows_all[b, W - n:] = rows[keep]
             signs_all[b, W - n:] = np.asarray(signs)[keep]
             times_all[b, W - n:] = np.asarray(times, np.float64)[keep]
-    with np.errstate(invalid="ignore"):  # -inf - -inf (times unknown): NaN, the unknown bucket
-        gaps = np.diff(times_all, axis=1)  # (B, L): each kept event's time since the one before
-    known = np.isfinite(gaps)
-    gap = np.full((B, L), GAP_UNKNOWN, np.int64)
-    gap[known] = 3 + np.searchsorted(_GAP_EDGES, np.maximum(gaps[known], 0.0), side="left")
+    gap = _bucket(_diff(times_all))  # (B, L): each kept event's time since the one before
     idx = rows_all[:, 1:]
     present = idx >= 0
     n_kept = present.sum(axis=1)
