@@ -60,7 +60,7 @@ def _bucket(gaps: np.ndarray) -> np.ndarray:
 
 
 def _diff(times: np.ndarray) -> np.ndarray:
-    """Time since the previous event along the last axis (the first: NaN, filled by the caller)."""
+    """Time since the previous event along the last axis (one value fewer than ``times``)."""
     with np.errstate(invalid="ignore"):  # -inf - -inf (times unknown): NaN, the unknown bucket
         return np.diff(times, axis=-1)
 

@@ -115,10 +115,10 @@ def _busiest(workers, lists: list[dict], workload):
     for r in lists:
         left[r["user_id"]] -= 1
         owner[r["user_id"]] = r["worker"]
-    todo = Counter()
+    todo = Counter()  # by pid: an output record's "worker" ends with ":<pid>"
     for user, worker in owner.items():
-        todo[worker] += max(left[user], 0)
-    return max(workers, key=lambda w: next((c for tag, c in todo.items() if tag.endswith(f":{w.proc.pid}")), 0))
+        todo[worker.rsplit(":", 1)[-1]] += max(left[user], 0)
+    return max(workers, key=lambda w: todo[str(w.proc.pid)])
 
 
 def _src(r) -> tuple:
