@@ -37,16 +37,19 @@ from inference.ranking import Weights
 from .recipe import TrainResult
 from .seqfit import build_sequences, fit_sequence, select_config, split_last
 from .seqmodel import ParityError, from_params, to_params
-from .slices import catalogue, evaluate_slice, training_pairs
+from .slices import ReplayState, catalogue, evaluate_slice, replay_marks
 
 log = logging.getLogger("streamrec.train")
 
 
 def train_sequence_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: np.ndarray,
                            text_vecs: dict[str, np.ndarray], *, parent: ModelParams | None, cfg,
-                           base_weights: Weights | None = None, progress: bool = False):
+                           base_weights: Weights | None = None, progress: bool = False,
+                           resume: ReplayState | None = None):
     """Fit a sequence version on ``events`` (time order); ``cfg`` is a ``TrainConfig``. Returns a
-    ``TrainResult`` (``pairs``: the next-item targets trained on)."""
+    ``TrainResult`` (``pairs``: the next-item targets trained on; ``replayed``: the states after
+    ``events``, which a later call on a longer list starting with these events takes as
+    ``resume`` to replay only the new ones)."""
     t0 = time.perf_counter()
     item_ids = [str(i) for i in item_ids]
     item_vecs = np.asarray(item_vecs, np.float32)
@@ -63,9 +66,7 @@ def train_sequence_version(events: Sequence[Event], item_ids: Sequence[str], ite
         blend_context, blend_events = fit_events, list(events[cut:])
     # one replay of the events with the workers' update: states where the blend slice and the
     # acceptance slice start
-    replayed = training_pairs(events, index, text_vecs, marks=(cut, len(events))).replayed
-    for r in replayed.values():
-        r.index, r.item_ids, r.item_vecs = index, item_ids, item_vecs
+    replayed = replay_marks(events, item_ids, item_vecs, text_vecs, (cut, len(events)), index=index, resume=resume)
     parent_seq = parent.sequence if parent is not None and parent.dim == dim else None
     scfg = replace(cfg.sequence, seed=cfg.seed, threads=cfg.threads or cfg.sequence.threads)
     warm = from_params(parent_seq) if parent_seq is not None else None

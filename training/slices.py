@@ -1,6 +1,6 @@
 """Replaying events with the workers' own update, and measuring versions on a slice of them.
 
-* :func:`replay_events` / :func:`training_pairs`: the events applied in order through
+* :func:`replay_events` / :func:`replay_marks` / :func:`training_pairs`: the events applied in order through
   :meth:`inference.recommender.Recommender.observe` (what the workers run), keeping the states,
   popularity and co-occurrence at chosen points (:class:`ReplayState`) so a later replay can
   start there;
@@ -81,11 +81,29 @@ class ReplayState:
     index: ItemIndex | None = field(default=None, repr=False)
     item_ids: list[str] | None = field(default=None, repr=False)
     item_vecs: np.ndarray | None = field(default=None, repr=False)
+    #: how many events were replayed, and the last of them (the very object): a later replay
+    #: of a longer list that starts with the same events can go on from here (:meth:`covers`)
+    upto: int = 0
+    last: Event | None = field(default=None, repr=False, compare=False)
+    first: Event | None = field(default=None, repr=False, compare=False)
+    #: where the replay that made these states started (0: from nothing; else an earlier
+    #: replay's ``upto`` it went on from)
+    resumed_from: int = 0
 
     @classmethod
-    def take(cls, rec: Recommender, states: dict[str, UserState]) -> ReplayState:
+    def take(cls, rec: Recommender, states: dict[str, UserState], events: Sequence[Event] = (),
+             upto: int = 0) -> ReplayState:
         return cls(copy.deepcopy(states), Popularity.from_state(rec.popularity.state()),
-                   replace(rec.config.update), rec.popularity.half_life_s, rec.cooccurrence.copy())
+                   replace(rec.config.update), rec.popularity.half_life_s, rec.cooccurrence.copy(),
+                   upto=upto, last=events[upto - 1] if upto else None, first=events[0] if upto else None)
+
+    def covers(self, events: Sequence[Event]) -> bool:
+        """Whether these states are those after ``events[:self.upto]``: the list is at least that
+        long and holds the very event objects this replay started and ended with at those places
+        (events are never changed once made; a caller that grows one list, such as the periodic
+        retrainer, passes the same objects again)."""
+        return (0 < self.upto <= len(events) and events[self.upto - 1] is self.last
+                and events[0] is self.first)
 
     def fits(self, config: RecommenderConfig) -> bool:
         """Whether a replay under ``config`` would have built these very states."""
@@ -117,6 +135,37 @@ class Pairs:
     replayed: dict[int, ReplayState] = field(default_factory=dict)
 
 
+def replay_marks(events: Sequence[Event], item_ids: list[str], item_vecs: np.ndarray,
+                 text_vecs: dict[str, np.ndarray], marks: Sequence[int], *, index: ItemIndex | None = None,
+                 resume: ReplayState | None = None) -> dict[int, ReplayState]:
+    """The states after ``events[:m]`` for each mark ``m``, replayed with the workers' default
+    update over the index of ``item_ids``/``item_vecs`` (``index``, when the caller built it).
+
+    ``resume``: an earlier replay's state to go on from instead of replaying its events again,
+    used when it :meth:`~ReplayState.covers` a prefix of ``events`` over the same items and
+    vectors and no mark comes before it (else the replay starts from nothing). The periodic
+    retrainer's window only grows, so each retrain replays only what came since the last one;
+    the states are the same either way (``tests/training/test_replay_resume.py``)."""
+    config = RecommenderConfig()
+    states: dict[str, UserState] = {}
+    popularity = co = None
+    done = 0
+    if (resume is not None and resume.covers(events) and resume.fits(config)
+            and all(m >= resume.upto for m in marks) and resume.index_for(item_ids, item_vecs) is not None):
+        states, popularity, co = resume.restore()
+        index, done = resume.index, resume.upto
+    start = done
+    index = index if index is not None else build_index(item_ids, item_vecs)
+    rec = Recommender(index, config=config, popularity=popularity, cooccurrence=co)
+    replayed: dict[int, ReplayState] = {}
+    for mark in sorted({min(max(int(m), done), len(events)) for m in marks}):
+        replay_events(rec, states, events[done:mark], text_vecs)
+        replayed[mark], done = ReplayState.take(rec, states, events, mark), mark
+        replayed[mark].index, replayed[mark].item_ids, replayed[mark].item_vecs = index, item_ids, item_vecs
+        replayed[mark].resumed_from = start
+    return replayed
+
+
 def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[str, np.ndarray],
                    update=None, marks: Sequence[int] = ()) -> Pairs:
     """The pairs of ``events`` for users with history, replayed with the workers' update;
@@ -143,7 +192,7 @@ def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[st
     done = 0
     for mark in sorted({min(max(int(m), 0), len(events)) for m in marks}):
         replay_events(rec, states, events[done:mark], text_vecs, take)
-        replayed[mark], done = ReplayState.take(rec, states), mark
+        replayed[mark], done = ReplayState.take(rec, states, events, mark), mark
     replay_events(rec, states, events[done:], text_vecs, take)
     U = np.stack(users) if users else np.zeros((0, index.dim), np.float32)
     return Pairs(U, items, np.asarray(where, np.int64), histories, replayed)

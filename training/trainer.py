@@ -235,18 +235,21 @@ def _fit_head(targets: np.ndarray, items: np.ndarray, users: np.ndarray,
 def train_version(events: Sequence[Event], item_ids: Sequence[str], item_vecs: np.ndarray,
                   text_vecs: dict[str, np.ndarray], *, parent: ModelParams | None = None,
                   cfg: TrainConfig | None = None, base_weights: Weights | None = None,
-                  progress: bool = False) -> TrainResult:
+                  progress: bool = False, resume: ReplayState | None = None) -> TrainResult:
     """Fit a new version on ``events`` (in time order), warm-started from ``parent``.
 
     The last ``cfg.validation`` share of ``events`` picks the best epoch and the blend
-    weights; nothing here sees the acceptance slice (the caller holds it back).
+    weights; nothing here sees the acceptance slice (the caller holds it back). ``resume``: an
+    earlier result's ``replayed`` states, when ``events`` extends that call's events (the
+    sequence recipe then replays only the new events; the adapter recipe needs every pair and
+    replays all).
     """
     cfg = cfg or TrainConfig()
     if cfg.recipe == "sequence":
         from .seqrecipe import train_sequence_version
 
         return train_sequence_version(events, item_ids, item_vecs, text_vecs, parent=parent, cfg=cfg,
-                                      base_weights=base_weights, progress=progress)
+                                      base_weights=base_weights, progress=progress, resume=resume)
     if cfg.recipe != "adapter":
         raise ValueError(f"unknown training recipe {cfg.recipe!r}: use 'sequence' or 'adapter'")
     if parent is not None and parent.sequence is not None:
@@ -345,6 +348,8 @@ class PeriodicRetrainer:
         self.first = first
         self._last = 0
         self._mark: Event | None = None  # the last event of the replay at the last training
+        #: the states after the last training's events: the next one replays only the new events
+        self._replayed: ReplayState | None = None
         self.replay_sample = replay_sample
         self.progress = progress
         self.history: list[dict] = []
@@ -390,7 +395,8 @@ class PeriodicRetrainer:
         tv = text_vecs or {}
         parent = rec.params
         result = train_version(train, ids, vecs, tv, parent=parent, cfg=self.cfg, base_weights=rec.config.weights,
-                               progress=self.progress)
+                               progress=self.progress, resume=self._replayed)
+        self._replayed = result.replayed
         if result.too_few_pairs:
             self.skipped.append({"at_event": len(events_so_far), "pairs": result.pairs})
             return
@@ -406,7 +412,8 @@ class PeriodicRetrainer:
         self.history.append({"at_event": len(events_so_far), "version": version if accepted else None,
                              "accepted": accepted, "pairs": result.pairs, "seconds": round(result.seconds, 2),
                              "candidate": scores["candidate"], "current": scores["current"],
-                             "weights": result.validation.get("chosen"), "item_l2": result.validation.get("item_l2")})
+                             "weights": result.validation.get("chosen"), "item_l2": result.validation.get("item_l2"),
+                             "replay_resumed_at": result.replayed.resumed_from if result.replayed else 0})
         log.info("retrain at event %d: candidate NDCG@%d %.4f vs current %.4f on %d held-out events: %s",
                  len(events_so_far), self.cfg.k, scores["candidate"]["ndcg"], scores["current"]["ndcg"],
                  scores["candidate"]["events"], f"accepted as {version}" if accepted else "rejected")
