@@ -157,13 +157,23 @@ def replay_marks(events: Sequence[Event], item_ids: list[str], item_vecs: np.nda
     start = done
     index = index if index is not None else build_index(item_ids, item_vecs)
     rec = Recommender(index, config=config, popularity=popularity, cooccurrence=co)
+    replayed, _ = _replay_to_marks(rec, states, events, text_vecs, marks, done)
+    for r in replayed.values():
+        r.index, r.item_ids, r.item_vecs, r.resumed_from = index, item_ids, item_vecs, start
+    return replayed
+
+
+def _replay_to_marks(rec: Recommender, states: dict[str, UserState], events: Sequence[Event],
+                     text_vecs: dict[str, np.ndarray], marks: Sequence[int], done: int = 0,
+                     on_event: Callable[[Event, UserState], None] | None = None,
+                     ) -> tuple[dict[int, ReplayState], int]:
+    """Replay ``events[done:]`` up to the last mark, keeping the state at each mark; returns
+    them and where the replay stopped."""
     replayed: dict[int, ReplayState] = {}
     for mark in sorted({min(max(int(m), done), len(events)) for m in marks}):
-        replay_events(rec, states, events[done:mark], text_vecs)
+        replay_events(rec, states, events[done:mark], text_vecs, on_event)
         replayed[mark], done = ReplayState.take(rec, states, events, mark), mark
-        replayed[mark].index, replayed[mark].item_ids, replayed[mark].item_vecs = index, item_ids, item_vecs
-        replayed[mark].resumed_from = start
-    return replayed
+    return replayed, done
 
 
 def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[str, np.ndarray],
@@ -188,11 +198,7 @@ def training_pairs(events: Sequence[Event], index: ItemIndex, text_vecs: dict[st
             histories.append(state.item_weights())
 
     states: dict[str, UserState] = {}
-    replayed: dict[int, ReplayState] = {}
-    done = 0
-    for mark in sorted({min(max(int(m), 0), len(events)) for m in marks}):
-        replay_events(rec, states, events[done:mark], text_vecs, take)
-        replayed[mark], done = ReplayState.take(rec, states, events, mark), mark
+    replayed, done = _replay_to_marks(rec, states, events, text_vecs, marks, on_event=take)
     replay_events(rec, states, events[done:], text_vecs, take)
     U = np.stack(users) if users else np.zeros((0, index.dim), np.float32)
     return Pairs(U, items, np.asarray(where, np.int64), histories, replayed)
