@@ -242,7 +242,7 @@ class Recommender:
         """
         item_vec = self.index.get(event.item_id)
         row = self.index._row.get(event.item_id)
-        previous = self.history_rows(state) if row is not None else None
+        previous, times = self._history_times(state) if row is not None else (None, None)
         apply_event(
             state,
             item_id=event.item_id,
@@ -256,7 +256,7 @@ class Recommender:
         )
         if row is not None:
             self.cooccurrence.follow(self.index)
-            self.cooccurrence.add(previous, row)
+            self.cooccurrence.add(previous, row, np.sign(event.event_time - times))
         sign = self.config.update.sign(event.rating)
         if sign > 0:  # a pan is an interaction, but not a vote for popularity
             self.popularity.add(event.item_id, event.event_time, sign, self.index)
@@ -267,12 +267,18 @@ class Recommender:
     def history_rows(self, state: UserState | None) -> np.ndarray:
         """The index rows of the user's recent distinct items (the state's sequence), oldest
         first, each at its latest position: what the co-occurrence part reads."""
+        return self._history_times(state)[0]
+
+    def _history_times(self, state: UserState | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`history_rows` and the event time of each (-inf: a state from before times were kept)."""
         if state is None or not len(state.seq):
-            return np.zeros(0, np.int64)
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
         rows = self.index.key_lookup().row_each(state.seq.keys)
-        rev = rows[rows >= 0][::-1]
+        live = rows >= 0
+        rev, times = rows[live][::-1], state.seq.times[live][::-1]
         _, first = np.unique(rev, return_index=True)
-        return rev[np.sort(first)][::-1].copy()
+        at = np.sort(first)[::-1]
+        return rev[at].copy(), times[at].copy()
 
     def _cooc(self, state: UserState | None, model: ActiveModel, force: bool = False) -> np.ndarray | None:
         """The user's co-occurrence scores per index row now, where ``model`` blends them in (or
