@@ -43,7 +43,7 @@ def test_without_order_and_distance_it_is_the_knn_baseline():
 
 
 def dense_rule(events: list[Event], items: list[str], *, window=50, history=20, decay=0.9, proximity=0.95,
-               backward=0.5, alpha=0.7, sequence_items=50) -> dict[str, np.ndarray]:
+               backward=0.75, alpha=0.6, sequence_items=50) -> dict[str, np.ndarray]:
     """The counting rule of ``inference.cooccur`` written out plainly over a dense matrix: each
     user's scores after the stream. A user's items are the distinct ones among their last
     ``sequence_items`` events in time order (``UserState.seq``), each at its latest place."""
@@ -105,7 +105,8 @@ def test_what_came_next_counts_more_than_what_came_before():
         co.add(np.array([0, 1]), 2)
     after_1 = co.scores([np.array([1])], 3)[0]
     after_2 = co.scores([np.array([2])], 3)[0]
-    assert np.isclose(after_1[2], 2 * after_2[1])  # 2 followed 1; 1 only preceded 2 (backward 0.5)
+    assert np.isclose(after_2[1], co.backward * after_1[2])  # 2 followed 1; 1 only preceded 2
+    assert co.backward < 1
     assert after_1[2] > after_1[0]
     after_0 = co.scores([np.array([0])], 3)[0]
     assert np.isclose(after_0[2], 0.95 * after_0[1])  # 2 came two steps after 0, 1 one: proximity 0.95
@@ -129,10 +130,11 @@ def test_events_of_the_same_time_count_both_ways_and_late_ones_in_time_order():
     late = scores([("b", 2.0), ("a", 1.0)])  # b arrives first, but a happened first
     np.testing.assert_allclose(late[0], a_then_b[0])
     np.testing.assert_allclose(late[1], a_then_b[1])
-    assert np.isclose(a_then_b[0][1], 2 * a_then_b[1][0])  # after a comes b; before b came a
+    backward = Cooccurrence().backward
+    assert np.isclose(a_then_b[1][0], backward * a_then_b[0][1])  # after a comes b; before b came a
     together = scores([("a", 5.0), ("b", 5.0)])
     assert np.isclose(together[0][1], together[1][0])
-    assert np.isclose(together[0][1], 0.75 * a_then_b[0][1])  # no order: the mean of both ways
+    assert np.isclose(together[0][1], (1 + backward) / 2 * a_then_b[0][1])  # no order: the mean of both ways
 
 
 def test_a_full_row_keeps_its_largest_counts():
