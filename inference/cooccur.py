@@ -84,6 +84,7 @@ class Cooccurrence:
         self._lock = threading.Lock()
         self._hist_w = (decay ** np.arange(history, dtype=np.float32))[::-1].copy()  # oldest .. newest
         self._near = (proximity ** np.arange(window, dtype=np.float64))[::-1].astype(np.float32)  # oldest .. newest
+        self._after = np.array([backward, (1.0 + backward) / 2, 1.0], np.float32)  # by order -1, 0, 1
 
     def copy(self) -> Cooccurrence:
         """An independent copy (a replay that starts again from here)."""
@@ -144,13 +145,13 @@ class Cooccurrence:
             self.events += 1
             if prev.size:
                 near = self._near[self.window - prev.size:]
-                after = np.ones(prev.size, np.float32)  # how much of C[prev, row]: row came after prev
-                if order is not None:
-                    o = np.asarray(order)[keep][-self.window:]
-                    after = np.where(o > 0, 1.0, np.where(o < 0, self.backward, (1.0 + self.backward) / 2))
-                before = (1.0 + self.backward) - after  # and of C[row, prev]
-                self._bump_row(row, prev, (near * before).astype(np.float32))
-                self._bump_rows(prev, row, (near * after).astype(np.float32))
+                if order is None:
+                    after, before = near, near * np.float32(self.backward)
+                else:  # order -1, 0, 1 -> share of C[prev, row] (row came after prev) and of C[row, prev]
+                    o = np.asarray(order)[keep][-self.window:].astype(np.int64) + 1
+                    after, before = near * self._after[o], near * self._after[2 - o]
+                self._bump_row(row, prev, before)
+                self._bump_rows(prev, row, after)
 
     def _count(self, row: int, n: float) -> None:
         """Set a row's interaction count and the divisors scoring reads (caller holds the lock)."""

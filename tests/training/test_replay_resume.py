@@ -52,7 +52,7 @@ def same_states(a: ReplayState, b: ReplayState) -> None:
     for user in a.states:
         assert a.states[user].to_bytes() == b.states[user].to_bytes(), user
     assert a.popularity.state() == b.popularity.state()
-    for name in ("n", "nbr", "cnt", "deg", "norm", "owner"):
+    for name in ("n", "nbr", "cnt", "deg", "row_norm", "col_norm", "owner"):
         assert np.array_equal(getattr(a.cooccurrence, name), getattr(b.cooccurrence, name)), name
 
 
